@@ -1,0 +1,402 @@
+//! Adapter files in PEFT's format: `adapter_config.json` + `adapter_model.safetensors`.
+//!
+//! Keys are `base_model.model.<path>.lora_A.weight` `[r, in]` and `.lora_B.weight` `[out, r]`
+//! (transposes of our `[in, r]` / `[r, out]`), `.lora_embedding_A` `[r, n]` /
+//! `.lora_embedding_B` `[dim, r]` for embeddings, and full parameters of `modules_to_save` and
+//! trained biases under `base_model.model.<hf param path>` in PyTorch layout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::prelude::*;
+
+use crate::config::{CONFIG_FILE, LoraConfig};
+use crate::error::{LoraError, Result};
+use crate::io::{
+    HostTensor, parse_safetensors, read_file, serialize_safetensors, view_to_host, write_atomic,
+};
+use crate::layer::{Factors, LayerKind};
+use crate::linear::replace;
+use crate::model::{ParamInfo, PathWalk, TrainPolicy, inject_adapter, visit_params};
+use crate::sites::LoraSites;
+
+/// PEFT's weights file name.
+pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
+/// Prefix PEFT puts before every module path.
+pub const KEY_PREFIX: &str = "base_model.model.";
+
+fn is_linear_weight(p: &ParamInfo) -> bool {
+    p.shape.len() == 2
+        && p.hf_path.ends_with(".weight")
+        && matches!(p.owner.as_str(), "Struct:Linear" | "Struct:LoraLinear")
+}
+
+/// The tensors PEFT would save for adapter `name`, keyed as in `adapter_model.safetensors`.
+///
+/// Also returns the config to write next to them: `config` plus `rank_pattern`/`alpha_pattern`
+/// entries for sites whose adapter is not a plain rank-`r` one (e.g. q/v-sliced adapters
+/// exported as their equivalent whole-matrix adapter), so PEFT rebuilds the same update.
+pub fn adapter_state<M: Module + LoraSites>(
+    model: &M,
+    config: &LoraConfig,
+    name: &str,
+) -> Result<(Vec<(String, HostTensor)>, LoraConfig)> {
+    let mut out = Vec::new();
+    let mut config = config.clone();
+    let mut sites = Vec::new();
+    model.visit_lora_sites("", &mut |p, l| {
+        if l.adapter_names().iter().any(|n| n == name) {
+            sites.push((p.to_string(), l.kind(), l.factors(name)));
+        }
+    });
+    if sites.is_empty() {
+        return Err(LoraError::UnknownAdapter {
+            module: "(any)".into(),
+            adapter: name.to_string(),
+        });
+    }
+    for (path, kind, factors) in sites {
+        let f = factors?;
+        let r = f.a.dims()[1];
+        let spec = config.spec_for(&path)?;
+        if r != spec.r || (f.scale - spec.scale).abs() > 1e-12 * spec.scale.abs().max(1.0) {
+            let alpha = if config.use_rslora {
+                f.scale * (r as f64).sqrt()
+            } else {
+                f.scale * r as f64
+            };
+            let key = regex::escape(&path);
+            config.rank_pattern.insert(key.clone(), r);
+            config.alpha_pattern.insert(key, alpha);
+        }
+        let a = HostTensor::from_tensor(f.a, &path)?.transposed();
+        let b = HostTensor::from_tensor(f.b, &path)?.transposed();
+        let (ka, kb) = match kind {
+            LayerKind::Linear => ("lora_A.weight", "lora_B.weight"),
+            LayerKind::Embedding => ("lora_embedding_A", "lora_embedding_B"),
+        };
+        out.push((format!("{KEY_PREFIX}{path}.{ka}"), a));
+        out.push((format!("{KEY_PREFIX}{path}.{kb}"), b));
+    }
+    let policy = TrainPolicy::new(model, &config);
+    let infos: Vec<ParamInfo> = visit_params(model)
+        .into_iter()
+        .filter(|p| p.adapter_site.is_none() && policy.trains(&p.hf_path))
+        .collect();
+    let wanted: BTreeMap<String, &ParamInfo> =
+        infos.iter().map(|p| (p.burn_path.clone(), p)).collect();
+    let adapted = crate::model::adapted_paths(model, None);
+    for (burn_path, value) in collect_values(model, &wanted)? {
+        let info = wanted[&burn_path];
+        let value = if is_linear_weight(info) && !config.fan_in_fan_out {
+            value.transposed()
+        } else {
+            value
+        };
+        // PEFT wraps adapted layers, so their own parameters sit under `base_layer`.
+        let key = match info.hf_path.rsplit_once('.') {
+            Some((module, leaf)) if adapted.iter().any(|a| a == module) => {
+                format!("{module}.base_layer.{leaf}")
+            }
+            _ => info.hf_path.clone(),
+        };
+        out.push((format!("{KEY_PREFIX}{key}"), value));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((out, config))
+}
+
+/// Writes adapter `name` to `dir` as PEFT does (`adapter_config.json` and
+/// `adapter_model.safetensors` with metadata `{"format": "pt"}`), each file atomically.
+pub fn save_adapter<M: Module + LoraSites>(
+    model: &M,
+    config: &LoraConfig,
+    name: &str,
+    dir: impl AsRef<Path>,
+) -> Result<()> {
+    let dir = dir.as_ref();
+    let (tensors, config) = adapter_state(model, config, name)?;
+    let weights = dir.join(ADAPTER_FILE);
+    let bytes = serialize_safetensors(&tensors, &[("format", "pt")], &weights)?;
+    write_atomic(&weights, &bytes)?;
+    write_atomic(&dir.join(CONFIG_FILE), config.to_json()?.as_bytes())
+}
+
+/// Loads a PEFT adapter directory onto a copy of `model` as adapter `name`.
+///
+/// Every key and shape is checked against the model before anything is applied; a missing
+/// tensor, a wrong shape, or a tensor that belongs to no module is an error naming the key, and
+/// `model` itself is never modified.
+pub fn load_adapter<M: Module + LoraSites>(
+    model: &M,
+    dir: impl AsRef<Path>,
+    name: &str,
+) -> Result<(M, LoraConfig)> {
+    let dir = dir.as_ref();
+    let config = LoraConfig::load(dir.join(CONFIG_FILE))?;
+    let path = dir.join(ADAPTER_FILE);
+    if !path.exists() && dir.join("adapter_model.bin").exists() {
+        return Err(LoraError::Unsupported(format!(
+            "{} holds adapter_model.bin (a pickle); save it with safe_serialization=True",
+            dir.display()
+        )));
+    }
+    let bytes = read_file(&path)?;
+    let st = parse_safetensors(&bytes, &path)?;
+    let mut file: HashMap<String, HostTensor> = HashMap::new();
+    for (key, view) in st.tensors() {
+        file.insert(key.clone(), view_to_host(&key, &view)?);
+    }
+    let model = apply_adapter_state(model, &config, name, file, &path)?;
+    Ok((model, config))
+}
+
+/// Applies PEFT-keyed tensors (as read from an adapter file) to a copy of `model`.
+/// `source` names the file in errors.
+pub fn apply_adapter_state<M: Module + LoraSites>(
+    model: &M,
+    config: &LoraConfig,
+    name: &str,
+    mut file: HashMap<String, HostTensor>,
+    source: &Path,
+) -> Result<M> {
+    let mut model = inject_adapter(model.clone(), config, name)?;
+    let missing = |key: &str| LoraError::MissingTensor {
+        key: key.to_string(),
+        file: source.to_path_buf(),
+    };
+    // Adapter factors, site by site.
+    let mut factors: Vec<(String, Factors)> = Vec::new();
+    let mut sites = Vec::new();
+    model.visit_lora_sites("", &mut |p, l| {
+        if l.adapter_names().iter().any(|n| n == name) {
+            sites.push((p.to_string(), l.kind(), l.dims()));
+        }
+    });
+    let device = device_of(&model);
+    for (path, kind, (d_in, d_out)) in sites {
+        let spec = config.spec_for(&path)?;
+        let (ka, kb) = match kind {
+            LayerKind::Linear => ("lora_A.weight", "lora_B.weight"),
+            LayerKind::Embedding => ("lora_embedding_A", "lora_embedding_B"),
+        };
+        let key_a = format!("{KEY_PREFIX}{path}.{ka}");
+        let key_b = format!("{KEY_PREFIX}{path}.{kb}");
+        let a = file.remove(&key_a).ok_or_else(|| missing(&key_a))?;
+        let b = file.remove(&key_b).ok_or_else(|| missing(&key_b))?;
+        expect_shape(&key_a, &a, &[spec.r, d_in])?;
+        expect_shape(&key_b, &b, &[d_out, spec.r])?;
+        factors.push((
+            path,
+            Factors {
+                a: a.transposed().to_tensor(&device, &key_a)?,
+                b: b.transposed().to_tensor(&device, &key_b)?,
+                scale: spec.scale,
+            },
+        ));
+    }
+    // Everything else must be a parameter of the model (modules_to_save, biases).
+    let infos = visit_params(&model);
+    let mut full: HashMap<String, HostTensor> = HashMap::new();
+    let mut keys: Vec<String> = file.keys().cloned().collect();
+    keys.sort();
+    for key in keys {
+        let Some(hf) = key.strip_prefix(KEY_PREFIX) else {
+            return Err(LoraError::UnexpectedTensor {
+                key,
+                file: source.to_path_buf(),
+                reason: format!("keys must start with `{KEY_PREFIX}`"),
+            });
+        };
+        let unexpected = |reason: &str| LoraError::UnexpectedTensor {
+            key: key.clone(),
+            file: source.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let hf = hf.replace(".base_layer.", ".");
+        if hf.contains("lora_") {
+            return Err(unexpected(
+                "LoRA factors for a module the config does not target (or an unsupported LoRA variant)",
+            ));
+        }
+        let info = infos
+            .iter()
+            .find(|p| p.adapter_site.is_none() && p.hf_path == hf)
+            .ok_or_else(|| unexpected("no parameter of the model has this name"))?;
+        let Some(value) = file.remove(&key) else {
+            continue;
+        };
+        let value = if is_linear_weight(info) && !config.fan_in_fan_out {
+            value.transposed()
+        } else {
+            value
+        };
+        expect_shape(&key, &value, &info.shape)?;
+        full.insert(info.burn_path.clone(), value);
+    }
+    // All checks passed: apply.
+    for (path, f) in factors {
+        let key = format!("{KEY_PREFIX}{path}");
+        let mut result = Ok(());
+        let mut f = Some(f);
+        model.visit_lora_sites_mut("", &mut |p, l| {
+            if p == path
+                && let Some(f) = f.take()
+            {
+                result = l.set_factors(name, f, &key);
+            }
+            Ok(())
+        })?;
+        result?;
+    }
+    if !full.is_empty() {
+        let mut mapper = SetValues {
+            walk: PathWalk::default(),
+            values: &full,
+        };
+        model = model.map(&mut mapper);
+    }
+    Ok(model)
+}
+
+fn expect_shape(key: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
+    if t.shape != expected {
+        return Err(LoraError::ShapeMismatch {
+            key: key.to_string(),
+            expected: expected.to_vec(),
+            found: t.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The device of the model's first LoRA site (the caller guarantees there is one).
+fn device_of<M: LoraSites>(model: &M) -> Device {
+    let mut device = None;
+    model.visit_lora_sites("", &mut |_, l| {
+        if device.is_none() {
+            device = Some(l.device());
+        }
+    });
+    device.unwrap_or_default()
+}
+
+/// Reads the values of the parameters named (by burn path) in `wanted`.
+fn collect_values<M: Module>(
+    model: &M,
+    wanted: &BTreeMap<String, &ParamInfo>,
+) -> Result<Vec<(String, HostTensor)>> {
+    struct V<'a> {
+        walk: PathWalk,
+        wanted: &'a BTreeMap<String, &'a ParamInfo>,
+        out: Vec<Result<(String, HostTensor)>>,
+    }
+    impl burn::module::ModuleVisitor for V<'_> {
+        fn enter_module(&mut self, name: &str, kind: &str) {
+            self.walk.enter(name, kind);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.walk.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let path = self.walk.path.join(".");
+            if self.wanted.contains_key(&path) {
+                let v = HostTensor::from_tensor(param.val(), &path);
+                self.out.push(v.map(|v| (path, v)));
+            }
+        }
+    }
+    let mut v = V {
+        walk: PathWalk::default(),
+        wanted,
+        out: Vec::new(),
+    };
+    model.visit(&mut v);
+    v.out.into_iter().collect()
+}
+
+struct SetValues<'a> {
+    walk: PathWalk,
+    values: &'a HashMap<String, HostTensor>,
+}
+
+impl ModuleMapper for SetValues<'_> {
+    fn enter_module(&mut self, name: &str, kind: &str) {
+        self.walk.enter(name, kind);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.walk.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.walk.path.join(".");
+        match self.values.get(&path) {
+            // Shapes (and so ranks) were checked before mapping.
+            Some(v) if v.shape.len() == D => {
+                let t: Tensor<D> = Tensor::from_data(
+                    TensorData::new(v.data.clone(), v.shape.clone()),
+                    &param.lazy_device(),
+                );
+                replace(&param, t)
+            }
+            _ => param,
+        }
+    }
+}
+
+/// What [`load_state_dict`] did not match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateDictReport {
+    /// Model parameters (Hugging Face names) with no tensor in the state dict; they keep their
+    /// current values.
+    pub missing: Vec<String>,
+    /// State-dict keys that name no parameter of the model.
+    pub unused: Vec<String>,
+}
+
+/// Loads PyTorch-named tensors (e.g. a `model.safetensors` state dict) into the model's base
+/// parameters, by Hugging Face path: linear weights are transposed from `[out, in]` unless
+/// `fan_in_fan_out` (GPT-2's `Conv1D` stores `[in, out]`), LayerNorm `weight`/`bias` go to
+/// burn's `gamma`/`beta`. Every matched shape is checked before anything is applied.
+pub fn load_state_dict<M: Module + LoraSites>(
+    model: M,
+    mut state: HashMap<String, HostTensor>,
+    fan_in_fan_out: bool,
+) -> Result<(M, StateDictReport)> {
+    let mut report = StateDictReport::default();
+    let mut values = HashMap::new();
+    for info in visit_params(&model) {
+        if info.adapter_site.is_some() {
+            continue;
+        }
+        let Some(value) = state.remove(&info.hf_path) else {
+            report.missing.push(info.hf_path.clone());
+            continue;
+        };
+        let value = if is_linear_weight(&info) && !fan_in_fan_out {
+            value.transposed()
+        } else {
+            value
+        };
+        expect_shape(&info.hf_path, &value, &info.shape)?;
+        values.insert(info.burn_path.clone(), value);
+    }
+    report.unused = state.into_keys().collect();
+    report.unused.sort();
+    let mut mapper = SetValues {
+        walk: PathWalk::default(),
+        values: &values,
+    };
+    Ok((model.map(&mut mapper), report))
+}
+
+/// Reads every tensor of a safetensors file as f32 (F16/BF16/F64 are converted).
+pub fn read_safetensors(path: impl AsRef<Path>) -> Result<HashMap<String, HostTensor>> {
+    let path = path.as_ref();
+    let bytes = read_file(path)?;
+    let st = parse_safetensors(&bytes, path)?;
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| view_to_host(&k, &v).map(|t| (k, t)))
+        .collect()
+}

@@ -1,0 +1,143 @@
+//! The one error type of lora-core.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in lora-core. Every variant names what the user supplied
+/// (a config field, a module path, a file, a tensor key) so the message alone says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoraError {
+    /// A config field holds a value PEFT would also reject (or one we cannot honour).
+    #[error("invalid LoRA config: `{field}` {reason}")]
+    InvalidConfig {
+        /// The PEFT field name, e.g. `r` or `lora_dropout`.
+        field: String,
+        /// Why the value is rejected.
+        reason: String,
+    },
+    /// The config asks for a feature lora-burn does not implement (e.g. DoRA).
+    #[error("unsupported LoRA feature: {0}")]
+    Unsupported(String),
+    /// `target_modules` (or a regex in the config) matched no module of the model.
+    #[error("target_modules {targets} matched no module; adaptable modules are: {available}")]
+    NoTargetMatched {
+        /// The targets as written in the config.
+        targets: String,
+        /// The module paths that could have been targeted.
+        available: String,
+    },
+    /// A regular expression in the config does not compile.
+    #[error("invalid regex `{pattern}` in `{field}`: {source}")]
+    Regex {
+        /// The config field holding it.
+        field: String,
+        /// The pattern as written.
+        pattern: String,
+        /// The regex crate's reason.
+        #[source]
+        source: regex::Error,
+    },
+    /// An operation named an adapter that the module does not have.
+    #[error("module `{module}` has no adapter named `{adapter}`")]
+    UnknownAdapter {
+        /// Module path.
+        module: String,
+        /// Adapter name.
+        adapter: String,
+    },
+    /// An adapter of this name already exists on the module.
+    #[error("module `{module}` already has an adapter named `{adapter}`")]
+    DuplicateAdapter {
+        /// Module path.
+        module: String,
+        /// Adapter name.
+        adapter: String,
+    },
+    /// A tensor has the wrong shape for where it should go.
+    #[error("tensor `{key}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// The tensor key (file key or module path).
+        key: String,
+        /// The shape the model needs.
+        expected: Vec<usize>,
+        /// The shape that was supplied.
+        found: Vec<usize>,
+    },
+    /// A tensor the model needs is not in the file.
+    #[error("tensor `{key}` is missing from {file}")]
+    MissingTensor {
+        /// The key that was looked for.
+        key: String,
+        /// The file that was read.
+        file: PathBuf,
+    },
+    /// The file holds a tensor that belongs to nothing in the model (or to an unsupported feature).
+    #[error("tensor `{key}` in {file} does not belong to any module of the model: {reason}")]
+    UnexpectedTensor {
+        /// The key found in the file.
+        key: String,
+        /// The file that was read.
+        file: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A tensor of a dtype we cannot read (e.g. integer weights).
+    #[error("tensor `{key}` has unsupported dtype {dtype}")]
+    UnsupportedDtype {
+        /// The tensor key.
+        key: String,
+        /// The dtype as safetensors names it.
+        dtype: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("cannot read", "cannot write", ...).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file does not parse or has values of the wrong type.
+    #[error("cannot parse {path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// serde_json's reason (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A safetensors file is truncated or corrupt.
+    #[error("cannot read safetensors file {path}: {source}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The safetensors crate's reason.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// The requested device does not exist in this build or on this machine.
+    #[error("{0}")]
+    Device(String),
+    /// Tensor data could not be converted (this indicates a backend problem, not user input).
+    #[error("tensor data of `{key}` could not be read back: {reason}")]
+    Data {
+        /// The tensor concerned.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `Result` with [`LoraError`].
+pub type Result<T, E = LoraError> = std::result::Result<T, E>;
+
+impl LoraError {
+    pub(crate) fn config(field: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! [`LoraLayer`]: what every LoRA-capable layer offers, so that targeting, merging and adapter
+//! files work on any layer kind through one interface.
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+use crate::config::{AdapterSpec, InitLoraWeights};
+use crate::error::{LoraError, Result};
+
+/// The kind of base layer an adapter sits on; decides key names in PEFT files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// A linear layer (`lora_A.weight` / `lora_B.weight` keys).
+    Linear,
+    /// An embedding table (`lora_embedding_A` / `lora_embedding_B` keys).
+    Embedding,
+}
+
+/// The equivalent plain LoRA factors of one adapter, in our orientation: `a` is `[d_in, r]`,
+/// `b` is `[r, d_out]` and the weight update is `scale · a · b`.
+#[derive(Debug, Clone)]
+pub struct Factors {
+    /// `[d_in, r]`.
+    pub a: Tensor<2>,
+    /// `[r, d_out]`.
+    pub b: Tensor<2>,
+    /// Multiplier of `a · b`.
+    pub scale: f64,
+}
+
+/// Per-layer adapter bookkeeping that does not live in tensors. Not recorded by burn.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterState {
+    /// Names of the adapters used by `forward` (in order). Merged adapters are always applied.
+    pub active: Vec<String>,
+    /// When true `forward` is the base layer alone (merged adapters were unmerged first).
+    pub disabled: bool,
+}
+
+/// Operations shared by [`LoraLinear`](crate::LoraLinear) and [`LoraEmbedding`](crate::LoraEmbedding).
+///
+/// Object safe, so a model can hand out `&mut dyn LoraLayer` for every site it has
+/// (see [`LoraSites`](crate::LoraSites)).
+pub trait LoraLayer {
+    /// The base layer kind.
+    fn kind(&self) -> LayerKind;
+    /// `(d_in, d_out)` of the base weight (for embeddings: `(num_embeddings, dim)`).
+    fn dims(&self) -> (usize, usize);
+    /// Names of the adapters attached, in insertion order.
+    fn adapter_names(&self) -> Vec<String>;
+    /// Names of the adapters currently merged into the base weight.
+    fn merged_adapters(&self) -> Vec<String>;
+    /// Adds a freshly initialised adapter and makes it active alongside the others.
+    fn add_adapter(&mut self, name: &str, spec: &AdapterSpec) -> Result<()>;
+    /// Adds an adapter that only updates the given output ranges `(start, len)`, each with its own
+    /// rank-`spec.r` factor pair (loralib's `MergedLinear`, e.g. q and v of a fused qkv projection).
+    /// Only linear layers support it.
+    fn add_sliced_adapter(&mut self, name: &str, spec: &AdapterSpec, slices: &[(usize, usize)]) -> Result<()>;
+    /// Removes an adapter (unmerging it first if merged).
+    fn delete_adapter(&mut self, name: &str) -> Result<()>;
+    /// Chooses which adapters `forward` applies; merged adapters that become inactive are
+    /// unmerged, so the base weight never carries an inactive update.
+    fn set_active_adapters(&mut self, names: &[String]) -> Result<()>;
+    /// Names of the active adapters.
+    fn active_adapters(&self) -> Vec<String>;
+    /// Turns every adapter off (`true`; merged ones are unmerged first) or back on.
+    fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()>;
+    /// Adds `scale · A · B` of the named adapter into the base weight; a no-op if already merged.
+    fn merge_adapter(&mut self, name: &str) -> Result<()>;
+    /// Subtracts a merged adapter's update from the base weight; a no-op if not merged.
+    fn unmerge_adapter(&mut self, name: &str) -> Result<()>;
+    /// The adapter's equivalent plain factors (see [`Factors`]).
+    fn factors(&self, name: &str) -> Result<Factors>;
+    /// Replaces the adapter's factors: `a` `[d_in, r]`, `b` `[r, d_out]`, and its scale.
+    /// Shapes are checked; `key` names the source in errors.
+    fn set_factors(&mut self, name: &str, factors: Factors, key: &str) -> Result<()>;
+    /// Whether the base layer has a bias (`lora_only` bias mode trains it).
+    fn has_bias(&self) -> bool;
+    /// The device holding the base weight.
+    fn device(&self) -> Device;
+}
+
+/// Initial `(a [d_in, r], b [r, d_out])` for a linear adapter, following PEFT.
+pub(crate) fn init_linear_factors(
+    d_in: usize,
+    d_out: usize,
+    spec: &AdapterSpec,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let r = spec.r;
+    // kaiming_uniform(a = sqrt 5) on torch's [r, d_in] lora_A: bound = 1 / sqrt(fan_in = d_in).
+    let bound = 1.0 / (d_in as f64).sqrt();
+    match spec.init {
+        InitLoraWeights::Default => (
+            Tensor::random([d_in, r], Distribution::Uniform(-bound, bound), device),
+            Tensor::zeros([r, d_out], device),
+        ),
+        InitLoraWeights::Gaussian => (
+            Tensor::random([d_in, r], Distribution::Normal(0.0, 1.0 / r as f64), device),
+            Tensor::zeros([r, d_out], device),
+        ),
+        InitLoraWeights::Random => {
+            // torch's default Linear init for lora_B (fan_in = r).
+            let b_bound = 1.0 / (r as f64).sqrt();
+            (
+                Tensor::random([d_in, r], Distribution::Uniform(-bound, bound), device),
+                Tensor::random([r, d_out], Distribution::Uniform(-b_bound, b_bound), device),
+            )
+        }
+    }
+}
+
+/// Initial `(a [num_embeddings, r], b [r, dim])` for an embedding adapter, following PEFT
+/// (`lora_embedding_A` zeros and `lora_embedding_B` normal, so the update starts at zero).
+pub(crate) fn init_embedding_factors(
+    n: usize,
+    dim: usize,
+    spec: &AdapterSpec,
+    device: &Device,
+) -> (Tensor<2>, Tensor<2>) {
+    let r = spec.r;
+    match spec.init {
+        // PEFT uses this init for `gaussian` too: the option only concerns linear layers.
+        InitLoraWeights::Default | InitLoraWeights::Gaussian => (
+            Tensor::zeros([n, r], device),
+            Tensor::random([r, dim], Distribution::Normal(0.0, 1.0), device),
+        ),
+        InitLoraWeights::Random => (
+            Tensor::random([n, r], Distribution::Normal(0.0, 1.0), device),
+            Tensor::random([r, dim], Distribution::Normal(0.0, 1.0), device),
+        ),
+    }
+}
+
+pub(crate) fn check_shape(key: &str, t: &Tensor<2>, expected: [usize; 2]) -> Result<()> {
+    let found = t.dims();
+    if found != expected {
+        return Err(LoraError::ShapeMismatch {
+            key: key.to_string(),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Validates a requested active set against the attached adapters.
+pub(crate) fn check_names(module: &str, attached: &[String], names: &[String]) -> Result<()> {
+    for n in names {
+        if !attached.contains(n) {
+            return Err(LoraError::UnknownAdapter {
+                module: module.to_string(),
+                adapter: n.clone(),
+            });
+        }
+    }
+    Ok(())
+}

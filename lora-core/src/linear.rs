@@ -1,0 +1,424 @@
+//! [`LoraLinear`]: a frozen linear layer plus named low-rank adapters, computed factored.
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::module::linear;
+
+use crate::config::AdapterSpec;
+use crate::error::{LoraError, Result};
+use crate::layer::{
+    AdapterState, Factors, LayerKind, LoraLayer, check_names, check_shape, init_linear_factors,
+};
+
+/// Configuration of a [`LoraLinear`] created from scratch (no adapters yet).
+#[derive(Config, Debug)]
+pub struct LoraLinearConfig {
+    /// Input features.
+    pub d_input: usize,
+    /// Output features.
+    pub d_output: usize,
+    /// Whether the base layer has a bias (default `true`).
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+impl LoraLinearConfig {
+    /// Creates the layer with burn's default `Linear` initialisation and no adapter.
+    /// Parameters stay lazy, so loading a checkpoint right after costs no random init.
+    pub fn init(&self, device: &Device) -> LoraLinear {
+        LoraLinear::from_linear(
+            LinearConfig::new(self.d_input, self.d_output)
+                .with_bias(self.bias)
+                .init(device),
+        )
+    }
+}
+
+/// Bookkeeping of one adapter that burn does not record.
+#[derive(Debug, Clone)]
+pub struct AdapterMeta {
+    /// Adapter name (`default` unless chosen otherwise).
+    pub name: String,
+    /// Rank of each slice.
+    pub r: usize,
+    /// Multiplier of the update (`alpha / r`, or `alpha / sqrt(r)` with rsLoRA).
+    pub scale: f64,
+    /// Whether the update is currently folded into the base weight.
+    pub merged: bool,
+    /// Output column ranges `(start, len)` the adapter writes to, one B factor each.
+    /// A plain adapter has one slice covering all outputs.
+    pub slices: Vec<(usize, usize)>,
+}
+
+/// One adapter on a linear layer: `ΔW = scale · A · B`, with A `[d_in, k·r]` and one
+/// B `[r, len]` per output slice (k = number of slices; k = 1 for plain LoRA).
+#[derive(Module, Debug)]
+pub struct LinearAdapter {
+    /// A factor, `[d_in, k·r]` (PEFT's `lora_A.weight` transposed).
+    pub lora_a: Param<Tensor<2>>,
+    /// B factors, one `[r, len]` per slice (PEFT's `lora_B.weight` transposed).
+    pub lora_b: Vec<Param<Tensor<2>>>,
+    /// Dropout on the adapter input; active only in training on an autodiff device.
+    pub dropout: Dropout,
+    /// Name, scale, merge state and slices.
+    #[module(skip)]
+    pub meta: AdapterMeta,
+}
+
+impl LinearAdapter {
+    fn is_plain(&self, d_out: usize) -> bool {
+        self.meta.slices.len() == 1 && self.meta.slices[0] == (0, d_out)
+    }
+
+    /// The adapter's contribution `scale · (dropout(x)·A)·B`.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d_in]`
+    /// - output: `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, d_out: usize) -> Tensor<D> {
+        let r = self.meta.r;
+        // Scaling the rank-r activation is cheaper than scaling the d_out output; same result.
+        let h = linear(self.dropout.forward(x), self.lora_a.val(), None).mul_scalar(self.meta.scale);
+        if self.is_plain(d_out) {
+            return linear(h, self.lora_b[0].val(), None);
+        }
+        let mut dims = h.dims();
+        let device = h.device();
+        let mut pieces = Vec::with_capacity(2 * self.meta.slices.len() + 1);
+        let mut at = 0;
+        for (i, (&(start, len), b)) in self.meta.slices.iter().zip(&self.lora_b).enumerate() {
+            if start > at {
+                dims[D - 1] = start - at;
+                pieces.push(Tensor::zeros(dims, &device));
+            }
+            pieces.push(linear(h.clone().narrow(D - 1, i * r, r), b.val(), None));
+            at = start + len;
+        }
+        if at < d_out {
+            dims[D - 1] = d_out - at;
+            pieces.push(Tensor::zeros(dims, &device));
+        }
+        Tensor::cat(pieces, D - 1)
+    }
+
+    /// The equivalent plain factors: A `[d_in, k·r]`, B `[k·r, d_out]` block-structured.
+    pub fn factors(&self, d_out: usize) -> Factors {
+        let a = self.lora_a.val();
+        if self.is_plain(d_out) {
+            return Factors {
+                a,
+                b: self.lora_b[0].val(),
+                scale: self.meta.scale,
+            };
+        }
+        let r = self.meta.r;
+        let device = a.device();
+        let rows = self
+            .meta
+            .slices
+            .iter()
+            .zip(&self.lora_b)
+            .map(|(&(start, len), b)| {
+                let mut parts = Vec::new();
+                if start > 0 {
+                    parts.push(Tensor::zeros([r, start], &device));
+                }
+                parts.push(b.val());
+                if start + len < d_out {
+                    parts.push(Tensor::zeros([r, d_out - start - len], &device));
+                }
+                Tensor::cat(parts, 1)
+            })
+            .collect();
+        Factors {
+            a,
+            b: Tensor::cat(rows, 0),
+            scale: self.meta.scale,
+        }
+    }
+
+    /// `scale · A · B` as a `[d_in, d_out]` weight update, detached from any graph.
+    pub fn delta_weight(&self, d_out: usize) -> Tensor<2> {
+        let f = self.factors(d_out);
+        f.a.matmul(f.b).mul_scalar(f.scale).detach()
+    }
+}
+
+/// A linear layer `y = x·W + b` with LoRA adapters: `y = x·W + b + Σ scale·(dropout(x)·A)·B`
+/// over the active, unmerged adapters.
+///
+/// `weight` is `[d_in, d_out]` as in [`burn::nn::Linear`]. The base weight and bias are frozen
+/// when adapters are injected (see [`inject_adapter`](crate::inject_adapter)); only the factors
+/// train. Fields are named like Hugging Face's (`weight`, `bias`) so parameter paths such as
+/// `h.0.attn.c_attn.weight` equal the checkpoint's.
+#[derive(Module, Debug)]
+pub struct LoraLinear {
+    /// Base weight `[d_in, d_out]`.
+    pub weight: Param<Tensor<2>>,
+    /// Base bias `[d_out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// The adapters, in insertion order.
+    pub adapters: Vec<LinearAdapter>,
+    /// Active set and disable switch.
+    #[module(skip)]
+    pub state: AdapterState,
+}
+
+impl LoraLinear {
+    /// Wraps a burn [`Linear`] (no adapter yet; it behaves exactly like the `Linear`).
+    pub fn from_linear(linear: Linear) -> Self {
+        Self {
+            weight: linear.weight,
+            bias: linear.bias,
+            adapters: Vec::new(),
+            state: AdapterState::default(),
+        }
+    }
+
+    /// Drops the adapters and returns the base as a burn [`Linear`]. Merged updates stay in the
+    /// weight; call [`merge_and_unload`](Self::merge_and_unload) to keep the active adapters' effect.
+    pub fn into_linear(self) -> Linear {
+        Linear {
+            weight: self.weight,
+            bias: self.bias,
+        }
+    }
+
+    /// Merges every active adapter into the weight and returns a plain [`Linear`].
+    pub fn merge_and_unload(mut self) -> Result<Linear> {
+        for name in self.state.active.clone() {
+            self.merge_adapter(&name)?;
+        }
+        Ok(self.into_linear())
+    }
+
+    /// `(d_in, d_out)` of the base weight, without initialising lazy parameters.
+    pub fn shape(&self) -> (usize, usize) {
+        let s = self.weight.lazy_shape();
+        (s[0], s[1])
+    }
+
+    /// Applies the layer.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d_in]`
+    /// - output: `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let base = linear(
+            x.clone(),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        );
+        if self.state.disabled {
+            return base;
+        }
+        let d_out = self.shape().1;
+        self.adapters
+            .iter()
+            .filter(|a| !a.meta.merged && self.state.active.contains(&a.meta.name))
+            .fold(base, |y, a| y + a.forward(x.clone(), d_out))
+    }
+
+    fn adapter(&self, name: &str) -> Result<&LinearAdapter> {
+        self.adapters
+            .iter()
+            .find(|a| a.meta.name == name)
+            .ok_or_else(|| unknown(name))
+    }
+
+    fn adapter_index(&self, name: &str) -> Result<usize> {
+        self.adapters
+            .iter()
+            .position(|a| a.meta.name == name)
+            .ok_or_else(|| unknown(name))
+    }
+
+    fn shift_weight(&mut self, delta: Tensor<2>, sign: f64) {
+        let w = self.weight.val().detach();
+        let shifted = w + delta.mul_scalar(sign);
+        self.weight = replace(&self.weight, shifted);
+    }
+}
+
+fn unknown(name: &str) -> LoraError {
+    LoraError::UnknownAdapter {
+        module: String::new(),
+        adapter: name.to_string(),
+    }
+}
+
+impl LoraLayer for LoraLinear {
+    fn kind(&self) -> LayerKind {
+        LayerKind::Linear
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        self.shape()
+    }
+
+    fn adapter_names(&self) -> Vec<String> {
+        self.adapters.iter().map(|a| a.meta.name.clone()).collect()
+    }
+
+    fn merged_adapters(&self) -> Vec<String> {
+        self.adapters
+            .iter()
+            .filter(|a| a.meta.merged)
+            .map(|a| a.meta.name.clone())
+            .collect()
+    }
+
+    fn add_adapter(&mut self, name: &str, spec: &AdapterSpec) -> Result<()> {
+        let d_out = self.shape().1;
+        self.add_sliced_adapter(name, spec, &[(0, d_out)])
+    }
+
+    fn add_sliced_adapter(
+        &mut self,
+        name: &str,
+        spec: &AdapterSpec,
+        slices: &[(usize, usize)],
+    ) -> Result<()> {
+        let (d_in, d_out) = self.shape();
+        if self.adapters.iter().any(|a| a.meta.name == name) {
+            return Err(LoraError::DuplicateAdapter {
+                module: String::new(),
+                adapter: name.to_string(),
+            });
+        }
+        if slices.is_empty() {
+            return Err(LoraError::config("slices", "must not be empty"));
+        }
+        let mut sorted = slices.to_vec();
+        sorted.sort();
+        let mut end = 0;
+        for &(start, len) in &sorted {
+            if start < end || len == 0 || start + len > d_out {
+                return Err(LoraError::config(
+                    "slices",
+                    format!("{slices:?} must be non-empty, disjoint ranges inside 0..{d_out}"),
+                ));
+            }
+            end = start + len;
+        }
+        let device = self.weight.lazy_device();
+        let k = sorted.len();
+        let (a, _) = init_linear_factors(d_in, 1, &AdapterSpec { r: spec.r * k, ..*spec }, &device);
+        let lora_b = sorted
+            .iter()
+            .map(|&(_, len)| Param::from_tensor(init_linear_factors(d_in, len, spec, &device).1))
+            .collect();
+        self.adapters.push(LinearAdapter {
+            lora_a: Param::from_tensor(a),
+            lora_b,
+            dropout: DropoutConfig::new(spec.dropout).init(),
+            meta: AdapterMeta {
+                name: name.to_string(),
+                r: spec.r,
+                scale: spec.scale,
+                merged: false,
+                slices: sorted,
+            },
+        });
+        self.state.active.push(name.to_string());
+        Ok(())
+    }
+
+    fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        self.unmerge_adapter(name)?;
+        let i = self.adapter_index(name)?;
+        self.adapters.remove(i);
+        self.state.active.retain(|n| n != name);
+        Ok(())
+    }
+
+    fn set_active_adapters(&mut self, names: &[String]) -> Result<()> {
+        check_names("", &self.adapter_names(), names)?;
+        for merged in self.merged_adapters() {
+            if !names.contains(&merged) {
+                self.unmerge_adapter(&merged)?;
+            }
+        }
+        self.state.active = names.to_vec();
+        Ok(())
+    }
+
+    fn active_adapters(&self) -> Vec<String> {
+        self.state.active.clone()
+    }
+
+    fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()> {
+        if disabled {
+            for merged in self.merged_adapters() {
+                self.unmerge_adapter(&merged)?;
+            }
+        }
+        self.state.disabled = disabled;
+        Ok(())
+    }
+
+    fn merge_adapter(&mut self, name: &str) -> Result<()> {
+        let i = self.adapter_index(name)?;
+        if self.adapters[i].meta.merged {
+            return Ok(());
+        }
+        let delta = self.adapters[i].delta_weight(self.shape().1);
+        self.shift_weight(delta, 1.0);
+        self.adapters[i].meta.merged = true;
+        Ok(())
+    }
+
+    fn unmerge_adapter(&mut self, name: &str) -> Result<()> {
+        let i = self.adapter_index(name)?;
+        if !self.adapters[i].meta.merged {
+            return Ok(());
+        }
+        let delta = self.adapters[i].delta_weight(self.shape().1);
+        self.shift_weight(delta, -1.0);
+        self.adapters[i].meta.merged = false;
+        Ok(())
+    }
+
+    fn factors(&self, name: &str) -> Result<Factors> {
+        Ok(self.adapter(name)?.factors(self.shape().1))
+    }
+
+    fn set_factors(&mut self, name: &str, factors: Factors, key: &str) -> Result<()> {
+        let (d_in, d_out) = self.shape();
+        let i = self.adapter_index(name)?;
+        if self.adapters[i].meta.merged {
+            // Keep the base weight consistent with the factors it carries.
+            self.unmerge_adapter(name)?;
+        }
+        let ad = &mut self.adapters[i];
+        let r = ad.meta.r;
+        let k = ad.meta.slices.len();
+        check_shape(&format!("{key} (lora_A)"), &factors.a, [d_in, k * r])?;
+        check_shape(&format!("{key} (lora_B)"), &factors.b, [k * r, d_out])?;
+        ad.lora_a = replace(&ad.lora_a, factors.a);
+        let slices = ad.meta.slices.clone();
+        for (j, &(start, len)) in slices.iter().enumerate() {
+            let block = factors.b.clone().slice([j * r..(j + 1) * r, start..start + len]);
+            ad.lora_b[j] = replace(&ad.lora_b[j], block);
+        }
+        ad.meta.scale = factors.scale;
+        Ok(())
+    }
+
+    fn device(&self) -> Device {
+        self.weight.lazy_device()
+    }
+
+    fn has_bias(&self) -> bool {
+        self.bias.is_some()
+    }
+}
+
+/// A new value for an existing parameter: same id (so optimizer state keys stay valid), same
+/// device and the same configured trainability. A lazy parameter is replaced without ever
+/// running its initializer, so loading weights allocates no random init.
+pub(crate) fn replace<const D: usize>(p: &Param<Tensor<D>>, value: Tensor<D>) -> Param<Tensor<D>> {
+    let id = p.id;
+    p.clone().transform_for_load(value.detach(), id)
+}

@@ -1,0 +1,395 @@
+//! Model-level operations: inject adapters by target rules, decide what trains, merge,
+//! switch and delete adapters across every site.
+
+use std::collections::BTreeSet;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use crate::config::{BiasMode, LoraConfig, TargetModules};
+use crate::error::{LoraError, Result};
+use crate::layer::{LayerKind, LoraLayer};
+use crate::sites::LoraSites;
+
+/// Every site path a model offers, in traversal order.
+pub fn site_paths<M: LoraSites + ?Sized>(model: &M) -> Vec<String> {
+    let mut out = Vec::new();
+    model.visit_lora_sites("", &mut |p, _| out.push(p.to_string()));
+    out
+}
+
+/// Paths of the sites that carry the named adapter (any adapter when `name` is `None`).
+pub fn adapted_paths<M: LoraSites + ?Sized>(model: &M, name: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    model.visit_lora_sites("", &mut |p, l| {
+        let names = l.adapter_names();
+        if name.map_or(!names.is_empty(), |n| names.iter().any(|x| x == n)) {
+            out.push(p.to_string());
+        }
+    });
+    out
+}
+
+/// The sites `config` selects, each with its kind, after PEFT's target rules.
+/// Errors when nothing matches, listing what exists.
+pub fn select_targets<M: LoraSites + ?Sized>(
+    model: &M,
+    config: &LoraConfig,
+) -> Result<Vec<(String, LayerKind)>> {
+    config.validate()?;
+    let mut sites = Vec::new();
+    model.visit_lora_sites("", &mut |p, l| sites.push((p.to_string(), l.kind())));
+    let mut selected = Vec::new();
+    for (path, kind) in &sites {
+        if config.is_target(path, *kind == LayerKind::Linear)? {
+            selected.push((path.clone(), *kind));
+        }
+    }
+    if selected.is_empty() {
+        let targets = match &config.target_modules {
+            None => "(none given)".to_string(),
+            Some(TargetModules::List(l)) => format!("{l:?}"),
+            Some(TargetModules::Regex(r)) => format!("\"{r}\""),
+        };
+        let available: Vec<&str> = sites.iter().map(|(p, _)| p.as_str()).collect();
+        return Err(LoraError::NoTargetMatched {
+            targets,
+            available: if available.is_empty() {
+                "(the model has no LoRA-capable module)".into()
+            } else {
+                available.join(", ")
+            },
+        });
+    }
+    Ok(selected)
+}
+
+/// Attaches adapter `name` to every site `config` selects (PEFT's `get_peft_model` /
+/// `add_adapter`), then freezes everything except the adapters and what `bias` and
+/// `modules_to_save` select.
+///
+/// All checks run before the model is touched, so an error leaves nothing half-done (the model is
+/// returned only on success; clone it first if you need it after a failure; cloning a burn
+/// module is cheap).
+pub fn inject_adapter<M: Module + LoraSites>(model: M, config: &LoraConfig, name: &str) -> Result<M> {
+    inject_adapter_with(model, config, name, &|_, _| None)
+}
+
+/// Output-slice chooser for [`inject_adapter_with`]: given a site path and its `(d_in, d_out)`,
+/// `Some(ranges)` puts a sliced adapter there (see [`LoraLayer::add_sliced_adapter`]).
+pub type SliceFn<'a> = dyn Fn(&str, (usize, usize)) -> Option<Vec<(usize, usize)>> + 'a;
+
+/// [`inject_adapter`], with some sites getting sliced adapters (e.g. only q and v of GPT-2's
+/// fused `c_attn`, as in the LoRA paper).
+pub fn inject_adapter_with<M: Module + LoraSites>(
+    model: M,
+    config: &LoraConfig,
+    name: &str,
+    slices: &SliceFn<'_>,
+) -> Result<M> {
+    let selected = select_targets(&model, config)?;
+    let mut specs = Vec::with_capacity(selected.len());
+    for (path, _) in &selected {
+        specs.push((path.clone(), config.spec_for(path)?));
+    }
+    let mut clash = None;
+    model.visit_lora_sites("", &mut |p, l| {
+        if clash.is_none() && specs.iter().any(|(s, _)| s == p) && l.adapter_names().iter().any(|n| n == name) {
+            clash = Some(p.to_string());
+        }
+    });
+    if let Some(module) = clash {
+        return Err(LoraError::DuplicateAdapter {
+            module,
+            adapter: name.to_string(),
+        });
+    }
+    let mut model = model;
+    model.visit_lora_sites_mut("", &mut |p, l| {
+        match specs.iter().find(|(s, _)| s == p) {
+            Some((_, spec)) => match slices(p, l.dims()) {
+                Some(ranges) => l.add_sliced_adapter(name, spec, &ranges),
+                None => l.add_adapter(name, spec),
+            }
+            .map_err(|e| at(e, p)),
+            None => Ok(()),
+        }
+    })?;
+    Ok(apply_trainability(model, config))
+}
+
+/// Sets which parameters train: every adapter factor, plus the biases `config.bias` selects and
+/// the parameters of `config.modules_to_save`. Everything else is frozen (no gradient, so no
+/// optimizer state).
+pub fn apply_trainability<M: Module + LoraSites>(model: M, config: &LoraConfig) -> M {
+    let policy = TrainPolicy::new(&model, config);
+    let mut mapper = TrainMapper {
+        walk: PathWalk::default(),
+        policy: &policy,
+        model: &model,
+    };
+    let mapped = model.clone().map(&mut mapper);
+    drop(mapper);
+    mapped
+}
+
+/// Decides whether a non-adapter parameter trains under a config.
+pub struct TrainPolicy {
+    bias: BiasMode,
+    modules_to_save: LoraConfig,
+    lora_sites: BTreeSet<String>,
+}
+
+impl TrainPolicy {
+    /// The policy of `config` on `model` (the sites with adapters matter for `lora_only`).
+    pub fn new<M: LoraSites + ?Sized>(model: &M, config: &LoraConfig) -> Self {
+        Self {
+            bias: config.bias,
+            modules_to_save: config.clone(),
+            lora_sites: adapted_paths(model, None).into_iter().collect(),
+        }
+    }
+
+    /// Whether the parameter at Hugging Face path `hf_path` (e.g. `h.0.mlp.c_fc.bias`) trains.
+    pub fn trains(&self, hf_path: &str) -> bool {
+        let (module, leaf) = hf_path.rsplit_once('.').unwrap_or(("", hf_path));
+        if self.modules_to_save.saves_module(module) {
+            return true;
+        }
+        let is_bias = leaf == "bias";
+        match self.bias {
+            BiasMode::None => false,
+            BiasMode::All => is_bias,
+            BiasMode::LoraOnly => is_bias && self.lora_sites.contains(module),
+        }
+    }
+}
+
+/// Tracks the dotted path and whether traversal is inside an adapter.
+#[derive(Default)]
+pub(crate) struct PathWalk {
+    pub path: Vec<String>,
+    pub kinds: Vec<String>,
+}
+
+impl PathWalk {
+    pub fn enter(&mut self, name: &str, kind: &str) {
+        self.path.push(name.to_string());
+        self.kinds.push(kind.to_string());
+    }
+    pub fn exit(&mut self) {
+        self.path.pop();
+        self.kinds.pop();
+    }
+    /// Path of the current parameter with burn's LayerNorm names turned into PyTorch's.
+    pub fn torch_path(&self) -> String {
+        let mut p = self.path.clone();
+        if let Some(last) = p.last_mut()
+            && self.kinds.last().is_some_and(|k| k.ends_with("Norm"))
+        {
+            match last.as_str() {
+                "gamma" => *last = "weight".into(),
+                "beta" => *last = "bias".into(),
+                _ => {}
+            }
+        }
+        p.join(".")
+    }
+    pub fn in_adapter(&self) -> bool {
+        self.kinds
+            .iter()
+            .any(|k| k == "Struct:LinearAdapter" || k == "Struct:EmbeddingAdapter")
+    }
+    /// Path of the site owning the adapter parameter being visited.
+    pub fn site_of_adapter(&self) -> Option<String> {
+        let i = self.path.iter().position(|s| s == "adapters")?;
+        Some(self.path[..i].join("."))
+    }
+    /// The container type of the module that owns the current parameter.
+    pub fn owner_kind(&self) -> &str {
+        // burn enters each field with the type of the struct holding it, so the innermost
+        // non-container entry names the owner of the parameter.
+        self.kinds
+            .iter()
+            .rev()
+            .find(|k| !matches!(k.as_str(), "Vec" | "Array" | "Tuple"))
+            .map_or("", |k| k.as_str())
+    }
+}
+
+struct TrainMapper<'a, M: LoraSites> {
+    walk: PathWalk,
+    policy: &'a TrainPolicy,
+    model: &'a M,
+}
+
+impl<M: LoraSites> ModuleMapper for TrainMapper<'_, M> {
+    fn enter_module(&mut self, name: &str, kind: &str) {
+        self.walk.enter(name, kind);
+    }
+    fn exit_module(&mut self, _name: &str, _kind: &str) {
+        self.walk.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.walk.in_adapter() {
+            return param.set_require_grad(true);
+        }
+        let hf = self.model.hf_param_path(&self.walk.torch_path());
+        param.set_require_grad(self.policy.trains(&hf))
+    }
+}
+
+/// Adapter operations on a whole model: every method applies to every site that carries the
+/// named adapter, like PEFT's model-level methods.
+pub trait LoraModelExt: LoraSites {
+    /// Folds `scale·A·B` of the adapter into the base weights (no-op where already merged).
+    fn merge_adapter(&mut self, name: &str) -> Result<()> {
+        for_adapter(self, name, |l| l.merge_adapter(name))
+    }
+    /// Takes a merged adapter back out of the base weights (no-op where not merged).
+    fn unmerge_adapter(&mut self, name: &str) -> Result<()> {
+        for_adapter(self, name, |l| l.unmerge_adapter(name))
+    }
+    /// Merges every active adapter of every site.
+    fn merge_active(&mut self) -> Result<()> {
+        self.visit_lora_sites_mut("", &mut |p, l| {
+            for n in l.active_adapters() {
+                l.merge_adapter(&n).map_err(|e| at(e, p))?;
+            }
+            Ok(())
+        })
+    }
+    /// Unmerges everything that is merged.
+    fn unmerge_all(&mut self) -> Result<()> {
+        self.visit_lora_sites_mut("", &mut |p, l| {
+            for n in l.merged_adapters() {
+                l.unmerge_adapter(&n).map_err(|e| at(e, p))?;
+            }
+            Ok(())
+        })
+    }
+    /// Makes exactly `names` active on each site (each site keeps those it has). Errors if a
+    /// name exists on no site.
+    fn set_active_adapters(&mut self, names: &[&str]) -> Result<()> {
+        for n in names {
+            if adapted_paths(self, Some(n)).is_empty() {
+                return Err(LoraError::UnknownAdapter {
+                    module: "(any)".into(),
+                    adapter: n.to_string(),
+                });
+            }
+        }
+        self.visit_lora_sites_mut("", &mut |p, l| {
+            let have = l.adapter_names();
+            let keep: Vec<String> = names
+                .iter()
+                .filter(|n| have.iter().any(|h| h == *n))
+                .map(|n| n.to_string())
+                .collect();
+            l.set_active_adapters(&keep).map_err(|e| at(e, p))
+        })
+    }
+    /// Turns all adapters off (the base model's output) or back on.
+    fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()> {
+        self.visit_lora_sites_mut("", &mut |p, l| l.set_adapters_disabled(disabled).map_err(|e| at(e, p)))
+    }
+    /// Removes the adapter from every site.
+    fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        for_adapter(self, name, |l| l.delete_adapter(name))
+    }
+}
+
+impl<M: LoraSites + ?Sized> LoraModelExt for M {}
+
+fn for_adapter<M: LoraSites + ?Sized>(
+    model: &mut M,
+    name: &str,
+    mut op: impl FnMut(&mut dyn LoraLayer) -> Result<()>,
+) -> Result<()> {
+    if adapted_paths(model, Some(name)).is_empty() {
+        return Err(LoraError::UnknownAdapter {
+            module: "(any)".into(),
+            adapter: name.to_string(),
+        });
+    }
+    model.visit_lora_sites_mut("", &mut |p, l| {
+        if l.adapter_names().iter().any(|n| n == name) {
+            op(l).map_err(|e| at(e, p))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Fills in the module path of errors raised inside one layer.
+pub(crate) fn at(e: LoraError, path: &str) -> LoraError {
+    match e {
+        LoraError::UnknownAdapter { module, adapter } if module.is_empty() => {
+            LoraError::UnknownAdapter {
+                module: path.to_string(),
+                adapter,
+            }
+        }
+        LoraError::DuplicateAdapter { module, adapter } if module.is_empty() => {
+            LoraError::DuplicateAdapter {
+                module: path.to_string(),
+                adapter,
+            }
+        }
+        other => other,
+    }
+}
+
+/// A parameter seen by [`visit_params`]: burn path, Hugging Face path, shape, and where it sits.
+#[derive(Debug, Clone)]
+pub struct ParamInfo {
+    /// burn's dotted path, e.g. `h.0.ln_1.gamma`.
+    pub burn_path: String,
+    /// PyTorch / Hugging Face name, e.g. `h.0.ln_1.weight`.
+    pub hf_path: String,
+    /// Shape (read without initialising lazy parameters).
+    pub shape: Vec<usize>,
+    /// `Some(site)` for adapter factors: the site path owning them.
+    pub adapter_site: Option<String>,
+    /// Container type of the owning module, e.g. `Struct:Linear`.
+    pub owner: String,
+}
+
+/// Lists every float parameter of a model with its paths (see [`ParamInfo`]).
+pub fn visit_params<M: Module + LoraSites>(model: &M) -> Vec<ParamInfo> {
+    struct V<'a, M: LoraSites> {
+        walk: PathWalk,
+        out: Vec<ParamInfo>,
+        model: &'a M,
+    }
+    impl<M: LoraSites> ModuleVisitor for V<'_, M> {
+        fn enter_module(&mut self, name: &str, kind: &str) {
+            self.walk.enter(name, kind);
+        }
+        fn exit_module(&mut self, _name: &str, _kind: &str) {
+            self.walk.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let burn_path = self.walk.path.join(".");
+            let adapter_site = if self.walk.in_adapter() {
+                self.walk.site_of_adapter()
+            } else {
+                None
+            };
+            self.out.push(ParamInfo {
+                hf_path: self.model.hf_param_path(&self.walk.torch_path()),
+                burn_path,
+                shape: param.lazy_shape().dims.to_vec(),
+                adapter_site,
+                owner: self.walk.owner_kind().to_string(),
+            });
+        }
+    }
+    let mut v = V {
+        walk: PathWalk::default(),
+        out: Vec::new(),
+        model,
+    };
+    model.visit(&mut v);
+    v.out
+}

@@ -1,0 +1,1 @@
+//! RoBERTa and BERT-family encoders (work in progress).

@@ -1,0 +1,141 @@
+//! Reading Hugging Face model directories: `config.json`, and weights from `model.safetensors`,
+//! sharded `model.safetensors.index.json`, or `pytorch_model.bin`, all converted to f32.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use lora_core::io::HostTensor;
+
+use crate::error::{ModelError, Result};
+
+/// Reads `config.json` of a model directory (or the given file) as JSON.
+pub fn read_config_json(path: &Path) -> Result<(PathBuf, serde_json::Value)> {
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    if !file.exists() {
+        return Err(ModelError::MissingFile {
+            what: "model config",
+            dir: path.to_path_buf(),
+            looked_for: "config.json".into(),
+        });
+    }
+    let text = std::fs::read_to_string(&file).map_err(|e| ModelError::Config {
+        path: file.clone(),
+        reason: e.to_string(),
+    })?;
+    let value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: file.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((file, value))
+}
+
+/// The weights file(s) of a model directory, in the order Hugging Face prefers them.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Config {
+            path: index.clone(),
+            reason: e.to_string(),
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: index.clone(),
+            reason: e.to_string(),
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Config {
+                path: index.clone(),
+                reason: "no `weight_map` object".into(),
+            })?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    let bin = dir.join("pytorch_model.bin");
+    if bin.exists() {
+        return Ok(vec![bin]);
+    }
+    Err(ModelError::MissingFile {
+        what: "model weights",
+        dir: dir.to_path_buf(),
+        looked_for: "model.safetensors, model.safetensors.index.json, pytorch_model.bin".into(),
+    })
+}
+
+/// Every tensor of the model directory's weights, as f32, keyed as in the file.
+pub fn read_weights(dir: &Path) -> Result<(PathBuf, HashMap<String, HostTensor>)> {
+    let files = weight_files(dir)?;
+    let mut all = HashMap::new();
+    for file in &files {
+        let part = if file.extension().is_some_and(|e| e == "bin") {
+            read_pytorch(file)?
+        } else {
+            lora_core::read_safetensors(file)?
+        };
+        all.extend(part);
+    }
+    Ok((files[0].clone(), all))
+}
+
+/// Reads a PyTorch pickle state dict (`pytorch_model.bin`) through burn-store's reader.
+pub fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>> {
+    use burn::store::{ModuleStore, PytorchStore};
+    let err = |reason: String| ModelError::Pickle {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut store = PytorchStore::from_file(path);
+    let tensors = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
+    let mut out = HashMap::new();
+    for (name, t) in tensors {
+        let bytes = t.to_bytes().map_err(|e| err(format!("{name}: {e}")))?;
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let data = bytes_to_f32(&bytes, &format!("{:?}", t.dtype)).ok_or_else(|| {
+            err(format!("{name}: unsupported dtype {:?}", t.dtype))
+        })?;
+        out.insert(name.clone(), HostTensor { shape, data });
+    }
+    Ok(out)
+}
+
+fn bytes_to_f32(b: &[u8], dtype: &str) -> Option<Vec<f32>> {
+    Some(match dtype {
+        "F32" => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        "F16" => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "BF16" => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "F64" => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        // Integer buffers (e.g. position_ids) are not weights; callers drop them by name.
+        "I64" => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        "Bool" | "U8" => b.iter().map(|&v| v as f32).collect(),
+        _ => return None,
+    })
+}

@@ -1,0 +1,1 @@
+//! Encoder tests (RoBERTa/BERT): being written.

@@ -1,0 +1,286 @@
+//! GPT-2 against transformers + peft (fixtures from scripts/make_gpt2_fixtures.py): tokenizer
+//! ids, logits and losses on padded batches, greedy and beam-search continuations, PEFT adapters
+//! in both directions, and clear errors on bad input.
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use lora_core::io::HostTensor;
+use lora_core::{InitLoraWeights, LoraConfig, LoraModelExt, load_adapter, save_adapter};
+use lora_models::gpt2::{CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, inject_gpt2_lora};
+use lora_models::loss::{causal_lm_loss, labels_from_mask};
+use lora_models::{ModelError, TextTokenizer};
+
+use crate::common::{devices, fixture, host, load};
+
+fn ref_json(tag: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(&format!("gpt2/reference-{tag}.json"))).unwrap()).unwrap()
+}
+
+fn int2(t: &HostTensor, device: &Device) -> Tensor<2, Int> {
+    let v: Vec<i64> = t.data.iter().map(|x| *x as i64).collect();
+    Tensor::from_data(TensorData::new(v, t.shape.clone()), device)
+}
+
+/// Compares our logits with a reference summary (first 256 vocab entries, log-sum-exp and
+/// argmax) at the positions the mask marks as real tokens.
+fn check_logits(what: &str, logits: Tensor<3>, r: &std::collections::HashMap<String, HostTensor>, prefix: &str, mask: &HostTensor) {
+    let [b, t, v] = logits.dims();
+    let ours = host(logits);
+    let head = &r[&format!("{prefix}.logits_head")];
+    let lse = &r[&format!("{prefix}.lse")];
+    let arg = &r[&format!("{prefix}.argmax")];
+    let w = head.shape[2];
+    let (mut max_head, mut max_lse) = (0f32, 0f32);
+    for bi in 0..b {
+        for ti in 0..t {
+            if mask.data[bi * t + ti] == 0.0 {
+                continue; // padding positions carry no meaning
+            }
+            let row = &ours.data[(bi * t + ti) * v..(bi * t + ti + 1) * v];
+            for j in 0..w {
+                max_head = max_head.max((row[j] - head.data[(bi * t + ti) * w + j]).abs());
+            }
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let l = m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
+            max_lse = max_lse.max((l - lse.data[bi * t + ti]).abs());
+            let am = row.iter().enumerate().fold(0, |best, (i, x)| if *x > row[best] { i } else { best });
+            assert_eq!(am as f32, arg.data[bi * t + ti], "{what}: argmax at ({bi},{ti})");
+        }
+    }
+    assert!(max_head <= 1e-4, "{what}: logits max abs diff {max_head:e}");
+    assert!(max_lse <= 1e-4, "{what}: log-sum-exp max abs diff {max_lse:e}");
+}
+
+#[test]
+fn tokenizer_matches_hf_and_tiktoken() {
+    let dir = fixture("gpt2/tokenizer");
+    let refs: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let from_json = TextTokenizer::from_dir(&dir).unwrap();
+    let from_bpe =
+        TextTokenizer::gpt2_from_files(&dir.join("vocab.json"), &dir.join("merges.txt")).unwrap();
+    let oracle = tiktoken_rs::r50k_base().unwrap();
+    for r in &refs {
+        let text = r["text"].as_str().unwrap();
+        let want: Vec<u32> = r["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(from_json.encode(text).unwrap(), want, "tokenizer.json: {text}");
+        assert_eq!(from_bpe.encode(text).unwrap(), want, "vocab+merges: {text}");
+        let tk: Vec<u32> = oracle.encode_with_special_tokens(text).into_iter().map(|x| x as u32).collect();
+        assert_eq!(tk, want, "tiktoken: {text}");
+        assert_eq!(from_bpe.decode(&want, false).unwrap(), text, "round trip: {text}");
+    }
+    assert_eq!(
+        from_bpe.encode("Hello world, this is GPT-2's tokenizer!").unwrap(),
+        vec![15496, 995, 11, 428, 318, 402, 11571, 12, 17, 338, 11241, 7509, 0]
+    );
+    assert!(matches!(TextTokenizer::from_dir(fixture("core")), Err(ModelError::MissingFile { .. })));
+}
+
+#[test]
+fn logits_and_losses_match_transformers() {
+    for tag in ["a", "b"] {
+        let r = load(&format!("gpt2/reference-{tag}.safetensors"));
+        for (name, device) in devices() {
+            let (model, _) = Gpt2LmHeadModel::from_pretrained(fixture(&format!("gpt2/tiny-{tag}")), &device).unwrap();
+            for side in ["right", "left"] {
+                let ids = int2(&r[&format!("{side}.ids")], &device);
+                let mask = int2(&r[&format!("{side}.mask")], &device);
+                let logits = model.forward(ids.clone(), Some(mask.clone())).unwrap();
+                let what = format!("{name}/tiny-{tag}/{side}");
+                check_logits(&what, logits.clone(), &r, side, &r[&format!("{side}.mask")]);
+                let loss = causal_lm_loss(logits.clone(), labels_from_mask(ids.clone(), mask.clone()), 0.0);
+                let (ours, want) = (host(loss).data[0], r[&format!("{side}.loss")].data[0]);
+                assert!((ours - want).abs() <= 1e-5 * want.abs().max(1.0), "{what}: loss {ours} vs {want}");
+                if side == "right" {
+                    let loss = causal_lm_loss(logits, labels_from_mask(ids, mask), 0.1);
+                    let (ours, want) = (host(loss).data[0], r["right.loss_smooth"].data[0]);
+                    assert!((ours - want).abs() <= 1e-5 * want.abs().max(1.0), "{what}: smoothed loss {ours} vs {want}");
+                }
+            }
+        }
+    }
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<Vec<u32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| match row.as_array() {
+            Some(r) => r.iter().map(|x| x.as_u64().unwrap() as u32).collect(),
+            None => vec![row.as_u64().unwrap() as u32],
+        })
+        .collect()
+}
+
+#[test]
+fn greedy_and_beam_search_match_hf_generate() {
+    for tag in ["a", "b"] {
+        let g = ref_json(tag);
+        for (name, device) in devices() {
+            let (model, _) = Gpt2LmHeadModel::from_pretrained(fixture(&format!("gpt2/tiny-{tag}")), &device).unwrap();
+            // Prompts as HF saw them: left-padded rows, padding dropped.
+            let padded = ids_of(&g["greedy_prompt_ids"]);
+            let masks = ids_of(&g["greedy_prompt_mask"]);
+            let prompts: Vec<Vec<u32>> = padded
+                .iter()
+                .zip(&masks)
+                .map(|(p, m)| p.iter().zip(m).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect())
+                .collect();
+            let mut cfg = GenerationConfig::greedy(8);
+            cfg.eos_token_id = None; // HF ran without stopping (its continuations never hit eos)
+            let out = model.generate(&prompts, &cfg, &device).unwrap();
+            assert_eq!(out.tokens, ids_of(&g["greedy"]), "{name}/tiny-{tag}: greedy");
+
+            let prompt = vec![ids_of(&g["beam_prompt"]).into_iter().flatten().collect::<Vec<u32>>()];
+            let beam = |max, nr, lp, early| GenerationConfig {
+                max_new_tokens: max,
+                decoding: Decoding::Beam { num_beams: 4, length_penalty: lp, early_stopping: early },
+                no_repeat_ngram_size: nr,
+                eos_token_id: Some(50256),
+                pad_token_id: 50256,
+            };
+            let out = model.generate(&prompt, &beam(6, 0, 1.0, true), &device).unwrap();
+            let want: Vec<u32> = ids_of(&g["beam4"]).into_iter().flatten().collect();
+            assert_eq!(out.tokens[0], want, "{name}/tiny-{tag}: beam 4");
+            let out = model.generate(&prompt, &beam(8, 2, 0.9, false), &device).unwrap();
+            let want: Vec<u32> = ids_of(&g["beam4_ngram2_lp09"]).into_iter().flatten().collect();
+            assert_eq!(out.tokens[0], want, "{name}/tiny-{tag}: beam 4, no_repeat_ngram 2");
+        }
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_respects_top_k() {
+    let device = Device::flex();
+    let (model, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+    let cfg = |seed| GenerationConfig {
+        max_new_tokens: 6,
+        decoding: Decoding::Sample { temperature: 0.8, top_k: Some(1), top_p: None, seed },
+        no_repeat_ngram_size: 0,
+        eos_token_id: None,
+        pad_token_id: 50256,
+    };
+    let prompt = vec![vec![464, 2068, 7586]];
+    // top_k = 1 is greedy whatever the seed.
+    let greedy = model.generate(&prompt, &GenerationConfig { eos_token_id: None, ..GenerationConfig::greedy(6) }, &device).unwrap();
+    assert_eq!(model.generate(&prompt, &cfg(1), &device).unwrap().tokens, greedy.tokens);
+    let free = |seed| GenerationConfig {
+        decoding: Decoding::Sample { temperature: 1.5, top_k: None, top_p: Some(0.95), seed },
+        ..cfg(seed)
+    };
+    let a = model.generate(&prompt, &free(7), &device).unwrap();
+    assert_eq!(a, model.generate(&prompt, &free(7), &device).unwrap(), "same seed, same text");
+    assert!(a.logprobs[0].iter().all(|l| l.is_finite() && *l <= 0.0));
+}
+
+#[test]
+fn peft_c_attn_adapter_reproduces_peft_logits() {
+    let r = load("gpt2/reference-a.safetensors");
+    for (name, device) in devices() {
+        let (base, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+        let (mut model, config) = load_adapter(&base, fixture("gpt2/peft-c_attn"), "default").unwrap();
+        assert!(config.fan_in_fan_out);
+        let ids = int2(&r["right.ids"], &device);
+        let mask = int2(&r["right.mask"], &device);
+        let logits = model.forward(ids.clone(), Some(mask.clone())).unwrap();
+        check_logits(&format!("{name}: PEFT adapter"), logits.clone(), &r, "peft", &r["right.mask"]);
+        model.merge_active().unwrap();
+        let merged = model.forward(ids, Some(mask)).unwrap();
+        crate::common::assert_close(&format!("{name}: merged vs unmerged"), &host(merged), &host(logits), 1e-4);
+    }
+}
+
+/// Where the export test leaves an adapter and our logits for
+/// `python scripts/make_gpt2_fixtures.py --check-adapter DIR`.
+fn export_dir(what: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(what)
+}
+
+#[test]
+fn query_value_adapter_exports_as_equivalent_peft_adapter() {
+    let device = Device::flex();
+    device.seed(42);
+    let (base, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+    let lora = LoraConfig::new(4, 32.0, &["c_attn"]).with_init(InitLoraWeights::Random);
+    let (model, cfg) = inject_gpt2_lora(base.clone(), &lora, "default", CAttnMode::QueryValue).unwrap();
+    let fused = inject_gpt2_lora(base.clone(), &lora, "default", CAttnMode::Fused).unwrap().0;
+    let count = |m: &Gpt2LmHeadModel| lora_core::ParamReport::new(m, &cfg).lora_params();
+    assert_eq!(count(&model), count(&fused), "q/v and fused: same parameter count");
+    assert_eq!(count(&model), 2 * (16 * 4 * 2 + 4 * 16 * 2));
+
+    let r = load("gpt2/reference-a.safetensors");
+    let ids = int2(&r["right.ids"], &device);
+    let mask = int2(&r["right.mask"], &device);
+    let ours = model.forward(ids.clone(), Some(mask.clone())).unwrap();
+    // k is untouched: the k third of c_attn's output equals the base model's.
+    let dir = export_dir("gpt2_qv_adapter");
+    std::fs::create_dir_all(&dir).unwrap();
+    save_adapter(&model, &cfg, "default", &dir).unwrap();
+    let saved = LoraConfig::load(&dir).unwrap();
+    assert_eq!(saved.rank_pattern.values().next(), Some(&8), "rank 2r in PEFT's view");
+    assert_eq!(saved.alpha_pattern.values().next(), Some(&64.0), "alpha doubled");
+    // Reloaded as a plain (fused) adapter it gives the same logits.
+    let (reloaded, _) = load_adapter(&base, &dir, "default").unwrap();
+    let again = reloaded.forward(ids.clone(), Some(mask.clone())).unwrap();
+    crate::common::assert_close("q/v export reloads", &host(again), &host(ours.clone()), 1e-5);
+    // Leave our logits for the PEFT-side check.
+    let v = ours.dims()[2];
+    let head = host(ours.narrow(2, 0, 256.min(v)));
+    let tensors = vec![
+        ("ids".to_string(), r["right.ids"].clone()),
+        ("mask".to_string(), r["right.mask"].clone()),
+        ("logits".to_string(), head),
+    ];
+    let path = dir.join("our_logits.safetensors");
+    let bytes = lora_core::io::serialize_safetensors(&tensors, &[("format", "pt")], &path).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    eprintln!("q/v adapter for PEFT: python scripts/make_gpt2_fixtures.py --check-adapter {}", dir.display());
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let device = Device::flex();
+    let tmp = tempfile::tempdir().unwrap();
+    // No files at all.
+    assert!(matches!(
+        Gpt2LmHeadModel::from_pretrained(tmp.path(), &device),
+        Err(ModelError::MissingFile { .. })
+    ));
+    // Config present, weights missing.
+    let cfg = std::fs::read_to_string(fixture("gpt2/tiny-a/config.json")).unwrap();
+    std::fs::write(tmp.path().join("config.json"), &cfg).unwrap();
+    let err = Gpt2LmHeadModel::from_pretrained(tmp.path(), &device).unwrap_err();
+    assert!(matches!(err, ModelError::MissingFile { .. }), "{err}");
+    // Invalid config values.
+    std::fs::write(tmp.path().join("config.json"), cfg.replace("\"n_head\": 2", "\"n_head\": 3")).unwrap();
+    let err = Gpt2LmHeadModel::from_pretrained(tmp.path(), &device).unwrap_err();
+    assert!(err.to_string().contains("n_head"), "{err}");
+    std::fs::write(tmp.path().join("config.json"), "{ not json").unwrap();
+    assert!(matches!(Gpt2LmHeadModel::from_pretrained(tmp.path(), &device), Err(ModelError::Config { .. })));
+    // Another architecture.
+    std::fs::write(tmp.path().join("config.json"), cfg.replace("\"gpt2\"", "\"bert\"")).unwrap();
+    assert!(matches!(
+        Gpt2LmHeadModel::from_pretrained(tmp.path(), &device),
+        Err(ModelError::WrongArchitecture { .. })
+    ));
+    // Weights of a different shape: the error names the tensor.
+    std::fs::write(tmp.path().join("config.json"), cfg.replace("\"n_embd\": 16", "\"n_embd\": 32")).unwrap();
+    std::fs::copy(fixture("gpt2/tiny-a/model.safetensors"), tmp.path().join("model.safetensors")).unwrap();
+    let err = Gpt2LmHeadModel::from_pretrained(tmp.path(), &device).unwrap_err();
+    assert!(err.to_string().contains("transformer."), "{err}");
+    // Truncated weights.
+    std::fs::write(tmp.path().join("config.json"), &cfg).unwrap();
+    let bytes = std::fs::read(fixture("gpt2/tiny-a/model.safetensors")).unwrap();
+    std::fs::write(tmp.path().join("model.safetensors"), &bytes[..1000]).unwrap();
+    assert!(Gpt2LmHeadModel::from_pretrained(tmp.path(), &device).is_err());
+    // Too long a sequence.
+    let (model, config) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+    let long = Tensor::<2, Int>::zeros([1, config.n_positions + 1], &device);
+    assert!(matches!(model.forward(long, None), Err(ModelError::SequenceTooLong { .. })));
+    let prompt = vec![vec![1u32; config.n_positions]];
+    assert!(matches!(
+        model.generate(&prompt, &GenerationConfig::greedy(4), &device),
+        Err(ModelError::SequenceTooLong { .. })
+    ));
+}
