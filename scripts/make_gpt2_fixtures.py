@@ -87,6 +87,9 @@ def lm_loss(model, ids, mask):
 def write_model(tag, tok):
     torch.manual_seed({"a": 10, "b": 20}[tag])
     cfg = GPT2Config(vocab_size=50257, bos_token_id=50256, eos_token_id=50256, **CONFIGS[tag])
+    # Eager attention is the reference semantics: SDPA treats fully masked query rows (left
+    # padding) differently, which changes logits at padding positions and so the loss.
+    cfg._attn_implementation = "eager"
     model = GPT2LMHeadModel(cfg).eval()
     d = os.path.join(ROOT, f"tiny-{tag}")
     shutil.rmtree(d, ignore_errors=True)
@@ -162,7 +165,8 @@ def write_peft(model, tok, out):
 
 def check_adapter(d):
     """Loads our adapter into PEFT on tiny-a and compares logits with ours."""
-    model = GPT2LMHeadModel.from_pretrained(os.path.join(ROOT, "tiny-a")).eval()
+    model = GPT2LMHeadModel.from_pretrained(os.path.join(ROOT, "tiny-a"),
+                                            attn_implementation="eager").eval()
     peft_model = PeftModel.from_pretrained(model, d).eval()
     ours = load_file(os.path.join(d, "our_logits.safetensors"))
     with torch.no_grad():

@@ -87,7 +87,7 @@ impl<'de> Deserialize<'de> for InitLoraWeights {
 }
 
 /// Which biases train besides the adapters (PEFT's `bias`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BiasMode {
     /// No bias trains.
@@ -97,6 +97,20 @@ pub enum BiasMode {
     All,
     /// Only the biases of layers that carry an adapter train.
     LoraOnly,
+}
+
+impl<'de> Deserialize<'de> for BiasMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        // Hand-written so the message names the field (serde's would only name the variant).
+        match String::deserialize(d)?.as_str() {
+            "none" => Ok(Self::None),
+            "all" => Ok(Self::All),
+            "lora_only" => Ok(Self::LoraOnly),
+            other => Err(serde::de::Error::custom(format!(
+                "bias \"{other}\" is not one of \"none\", \"all\", \"lora_only\""
+            ))),
+        }
+    }
 }
 
 /// PEFT's LoRA configuration. Field names, JSON form and defaults are PEFT's, so an

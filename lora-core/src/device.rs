@@ -77,9 +77,9 @@ pub fn wgpu_device() -> std::result::Result<Device, String> {
 fn probe_pinned(device: Device) -> Result<Device> {
     // A pinned API panics on first use when it is missing; catch that once, here.
     let d = device.clone();
-    std::panic::catch_unwind(move || {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let _ = Tensor::<1>::zeros([1], &d).into_data();
-    })
+    }))
     .map_err(|_| LoraError::Device("the requested GPU API has no adapter on this machine".into()))?;
     Ok(device)
 }

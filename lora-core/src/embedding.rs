@@ -194,40 +194,40 @@ impl LoraLayer for LoraEmbedding {
         Err(LoraError::Unsupported("output slices on an embedding".into()))
     }
 
-    fn delete_adapter(&mut self, name: &str) -> Result<()> {
-        self.unmerge_adapter(name)?;
+    fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        self.unmerge(name)?;
         let i = self.index(name)?;
         self.adapters.remove(i);
         self.state.active.retain(|n| n != name);
         Ok(())
     }
 
-    fn set_active_adapters(&mut self, names: &[String]) -> Result<()> {
+    fn set_active(&mut self, names: &[String]) -> Result<()> {
         check_names("", &self.adapter_names(), names)?;
         for merged in self.merged_adapters() {
             if !names.contains(&merged) {
-                self.unmerge_adapter(&merged)?;
+                self.unmerge(&merged)?;
             }
         }
         self.state.active = names.to_vec();
         Ok(())
     }
 
-    fn active_adapters(&self) -> Vec<String> {
+    fn active(&self) -> Vec<String> {
         self.state.active.clone()
     }
 
-    fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()> {
+    fn set_disabled(&mut self, disabled: bool) -> Result<()> {
         if disabled {
             for merged in self.merged_adapters() {
-                self.unmerge_adapter(&merged)?;
+                self.unmerge(&merged)?;
             }
         }
         self.state.disabled = disabled;
         Ok(())
     }
 
-    fn merge_adapter(&mut self, name: &str) -> Result<()> {
+    fn merge(&mut self, name: &str) -> Result<()> {
         let i = self.index(name)?;
         if !self.adapters[i].meta.merged {
             let d = self.delta(i);
@@ -237,7 +237,7 @@ impl LoraLayer for LoraEmbedding {
         Ok(())
     }
 
-    fn unmerge_adapter(&mut self, name: &str) -> Result<()> {
+    fn unmerge(&mut self, name: &str) -> Result<()> {
         let i = self.index(name)?;
         if self.adapters[i].meta.merged {
             let d = self.delta(i);
@@ -259,7 +259,7 @@ impl LoraLayer for LoraEmbedding {
     fn set_factors(&mut self, name: &str, factors: Factors, key: &str) -> Result<()> {
         let (n, dim) = self.shape();
         let i = self.index(name)?;
-        self.unmerge_adapter(name)?;
+        self.unmerge(name)?;
         let ad = &mut self.adapters[i];
         let r = ad.meta.r;
         check_shape(&format!("{key} (lora_embedding_A)"), &factors.a, [n, r])?;

@@ -26,7 +26,7 @@ impl HostTensor {
         let data = t
             .into_data()
             .convert::<f32>()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .map_err(|e| LoraError::Data {
                 key: key.to_string(),
                 reason: format!("{e:?}"),

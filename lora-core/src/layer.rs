@@ -57,18 +57,18 @@ pub trait LoraLayer {
     /// Only linear layers support it.
     fn add_sliced_adapter(&mut self, name: &str, spec: &AdapterSpec, slices: &[(usize, usize)]) -> Result<()>;
     /// Removes an adapter (unmerging it first if merged).
-    fn delete_adapter(&mut self, name: &str) -> Result<()>;
+    fn remove_adapter(&mut self, name: &str) -> Result<()>;
     /// Chooses which adapters `forward` applies; merged adapters that become inactive are
     /// unmerged, so the base weight never carries an inactive update.
-    fn set_active_adapters(&mut self, names: &[String]) -> Result<()>;
+    fn set_active(&mut self, names: &[String]) -> Result<()>;
     /// Names of the active adapters.
-    fn active_adapters(&self) -> Vec<String>;
+    fn active(&self) -> Vec<String>;
     /// Turns every adapter off (`true`; merged ones are unmerged first) or back on.
-    fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()>;
+    fn set_disabled(&mut self, disabled: bool) -> Result<()>;
     /// Adds `scale · A · B` of the named adapter into the base weight; a no-op if already merged.
-    fn merge_adapter(&mut self, name: &str) -> Result<()>;
+    fn merge(&mut self, name: &str) -> Result<()>;
     /// Subtracts a merged adapter's update from the base weight; a no-op if not merged.
-    fn unmerge_adapter(&mut self, name: &str) -> Result<()>;
+    fn unmerge(&mut self, name: &str) -> Result<()>;
     /// The adapter's equivalent plain factors (see [`Factors`]).
     fn factors(&self, name: &str) -> Result<Factors>;
     /// Replaces the adapter's factors: `a` `[d_in, r]`, `b` `[r, d_out]`, and its scale.

@@ -92,7 +92,7 @@ pub use layer::{Factors, LayerKind, LoraLayer};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig};
 pub use model::{
     LoraModelExt, ParamInfo, SliceFn, TrainPolicy, adapted_paths, apply_trainability, inject_adapter,
-    inject_adapter_with,
+    inject_adapter_with, stable_id,
     select_targets, site_paths, visit_params,
 };
 pub use report::{ModuleParams, ParamReport};

@@ -188,7 +188,7 @@ impl LoraLinear {
     /// Merges every active adapter into the weight and returns a plain [`Linear`].
     pub fn merge_and_unload(mut self) -> Result<Linear> {
         for name in self.state.active.clone() {
-            self.merge_adapter(&name)?;
+            self.merge(&name)?;
         }
         Ok(self.into_linear())
     }
@@ -325,40 +325,40 @@ impl LoraLayer for LoraLinear {
         Ok(())
     }
 
-    fn delete_adapter(&mut self, name: &str) -> Result<()> {
-        self.unmerge_adapter(name)?;
+    fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        self.unmerge(name)?;
         let i = self.adapter_index(name)?;
         self.adapters.remove(i);
         self.state.active.retain(|n| n != name);
         Ok(())
     }
 
-    fn set_active_adapters(&mut self, names: &[String]) -> Result<()> {
+    fn set_active(&mut self, names: &[String]) -> Result<()> {
         check_names("", &self.adapter_names(), names)?;
         for merged in self.merged_adapters() {
             if !names.contains(&merged) {
-                self.unmerge_adapter(&merged)?;
+                self.unmerge(&merged)?;
             }
         }
         self.state.active = names.to_vec();
         Ok(())
     }
 
-    fn active_adapters(&self) -> Vec<String> {
+    fn active(&self) -> Vec<String> {
         self.state.active.clone()
     }
 
-    fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()> {
+    fn set_disabled(&mut self, disabled: bool) -> Result<()> {
         if disabled {
             for merged in self.merged_adapters() {
-                self.unmerge_adapter(&merged)?;
+                self.unmerge(&merged)?;
             }
         }
         self.state.disabled = disabled;
         Ok(())
     }
 
-    fn merge_adapter(&mut self, name: &str) -> Result<()> {
+    fn merge(&mut self, name: &str) -> Result<()> {
         let i = self.adapter_index(name)?;
         if self.adapters[i].meta.merged {
             return Ok(());
@@ -369,7 +369,7 @@ impl LoraLayer for LoraLinear {
         Ok(())
     }
 
-    fn unmerge_adapter(&mut self, name: &str) -> Result<()> {
+    fn unmerge(&mut self, name: &str) -> Result<()> {
         let i = self.adapter_index(name)?;
         if !self.adapters[i].meta.merged {
             return Ok(());
@@ -389,7 +389,7 @@ impl LoraLayer for LoraLinear {
         let i = self.adapter_index(name)?;
         if self.adapters[i].meta.merged {
             // Keep the base weight consistent with the factors it carries.
-            self.unmerge_adapter(name)?;
+            self.unmerge(name)?;
         }
         let ad = &mut self.adapters[i];
         let r = ad.meta.r;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 
 use crate::config::{BiasMode, LoraConfig, TargetModules};
@@ -165,6 +165,16 @@ impl TrainPolicy {
     }
 }
 
+/// A parameter id that depends only on the parameter's path (FNV-1a of `lora-burn:<path>`).
+pub fn stable_id(path: &str) -> ParamId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "lora-burn:".bytes().chain(path.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    ParamId::from(h)
+}
+
 /// Tracks the dotted path and whether traversal is inside an adapter.
 #[derive(Default)]
 pub(crate) struct PathWalk {
@@ -231,11 +241,17 @@ impl<M: LoraSites> ModuleMapper for TrainMapper<'_, M> {
         self.walk.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.walk.in_adapter() {
-            return param.set_require_grad(true);
+        let trains = self.walk.in_adapter() || {
+            let hf = self.model.hf_param_path(&self.walk.torch_path());
+            self.policy.trains(&hf)
+        };
+        let mut param = param.set_require_grad(trains);
+        if trains {
+            // Ids derived from the path: optimizer state saved in a checkpoint then matches the
+            // parameters of a model rebuilt the same way in a later process (exact resume).
+            param.id = stable_id(&self.walk.path.join("."));
         }
-        let hf = self.model.hf_param_path(&self.walk.torch_path());
-        param.set_require_grad(self.policy.trains(&hf))
+        param
     }
 }
 
@@ -244,17 +260,17 @@ impl<M: LoraSites> ModuleMapper for TrainMapper<'_, M> {
 pub trait LoraModelExt: LoraSites {
     /// Folds `scale·A·B` of the adapter into the base weights (no-op where already merged).
     fn merge_adapter(&mut self, name: &str) -> Result<()> {
-        for_adapter(self, name, |l| l.merge_adapter(name))
+        for_adapter(self, name, |l| l.merge(name))
     }
     /// Takes a merged adapter back out of the base weights (no-op where not merged).
     fn unmerge_adapter(&mut self, name: &str) -> Result<()> {
-        for_adapter(self, name, |l| l.unmerge_adapter(name))
+        for_adapter(self, name, |l| l.unmerge(name))
     }
     /// Merges every active adapter of every site.
     fn merge_active(&mut self) -> Result<()> {
         self.visit_lora_sites_mut("", &mut |p, l| {
-            for n in l.active_adapters() {
-                l.merge_adapter(&n).map_err(|e| at(e, p))?;
+            for n in l.active() {
+                l.merge(&n).map_err(|e| at(e, p))?;
             }
             Ok(())
         })
@@ -263,7 +279,7 @@ pub trait LoraModelExt: LoraSites {
     fn unmerge_all(&mut self) -> Result<()> {
         self.visit_lora_sites_mut("", &mut |p, l| {
             for n in l.merged_adapters() {
-                l.unmerge_adapter(&n).map_err(|e| at(e, p))?;
+                l.unmerge(&n).map_err(|e| at(e, p))?;
             }
             Ok(())
         })
@@ -286,16 +302,16 @@ pub trait LoraModelExt: LoraSites {
                 .filter(|n| have.iter().any(|h| h == *n))
                 .map(|n| n.to_string())
                 .collect();
-            l.set_active_adapters(&keep).map_err(|e| at(e, p))
+            l.set_active(&keep).map_err(|e| at(e, p))
         })
     }
     /// Turns all adapters off (the base model's output) or back on.
     fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()> {
-        self.visit_lora_sites_mut("", &mut |p, l| l.set_adapters_disabled(disabled).map_err(|e| at(e, p)))
+        self.visit_lora_sites_mut("", &mut |p, l| l.set_disabled(disabled).map_err(|e| at(e, p)))
     }
     /// Removes the adapter from every site.
     fn delete_adapter(&mut self, name: &str) -> Result<()> {
-        for_adapter(self, name, |l| l.delete_adapter(name))
+        for_adapter(self, name, |l| l.remove_adapter(name))
     }
 }
 
@@ -379,7 +395,7 @@ pub fn visit_params<M: Module + LoraSites>(model: &M) -> Vec<ParamInfo> {
             self.out.push(ParamInfo {
                 hf_path: self.model.hf_param_path(&self.walk.torch_path()),
                 burn_path,
-                shape: param.lazy_shape().dims.to_vec(),
+                shape: param.lazy_shape().to_vec(),
                 adapter_site,
                 owner: self.walk.owner_kind().to_string(),
             });

@@ -235,7 +235,7 @@ impl Stepper<'_> {
         let data = last
             .into_data()
             .convert::<f32>()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .map_err(|e| ModelError::InvalidInput(format!("logits: {e:?}")))?;
         Ok(data.chunks(v).map(<[f32]>::to_vec).collect())
     }

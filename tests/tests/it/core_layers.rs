@@ -49,18 +49,18 @@ fn factored_equals_merged_and_merge_is_invertible() {
         let w0 = host(lora.weight.val());
         let factored = host(lora.forward(x.clone()));
 
-        lora.merge_adapter("default").unwrap();
+        lora.merge("default").unwrap();
         let merged_w = host(lora.weight.val());
         let merged = host(lora.forward(x.clone()));
         assert_close(&format!("{name}: factored vs merged"), &factored, &merged, 1e-5);
         assert_ne!(merged_w, w0, "{name}: merge must change the weight");
 
-        lora.merge_adapter("default").unwrap();
+        lora.merge("default").unwrap();
         assert_eq!(host(lora.weight.val()), merged_w, "{name}: second merge is a no-op");
 
-        lora.unmerge_adapter("default").unwrap();
+        lora.unmerge("default").unwrap();
         assert_close(&format!("{name}: unmerge restores W0"), &host(lora.weight.val()), &w0, 1e-6);
-        lora.unmerge_adapter("default").unwrap();
+        lora.unmerge("default").unwrap();
         assert_close(&format!("{name}: second unmerge no-op"), &host(lora.weight.val()), &w0, 1e-6);
         assert_close(&format!("{name}: unmerged forward"), &host(lora.forward(x)), &factored, 1e-5);
     }
@@ -77,21 +77,21 @@ fn adapters_can_be_switched_disabled_and_deleted() {
     l.add_adapter("a", &spec(2, 2.0, InitLoraWeights::Random)).unwrap();
     l.add_adapter("b", &spec(3, 3.0, InitLoraWeights::Random)).unwrap();
     let both = host(l.forward(x.clone()));
-    l.set_active_adapters(&["a".into()]).unwrap();
+    l.set_active(&["a".into()]).unwrap();
     let only_a = host(l.forward(x.clone()));
     assert_ne!(only_a, both);
-    l.merge_adapter("a").unwrap();
+    l.merge("a").unwrap();
     assert_close("merged a", &host(l.forward(x.clone())), &only_a, 1e-5);
     // Disabling unmerges first, so the output is the base model's.
-    l.set_adapters_disabled(true).unwrap();
+    l.set_disabled(true).unwrap();
     assert!(l.merged_adapters().is_empty());
     assert_close("disabled", &host(l.forward(x.clone())), &base, 1e-5);
-    l.set_adapters_disabled(false).unwrap();
-    l.set_active_adapters(&["a".into(), "b".into()]).unwrap();
+    l.set_disabled(false).unwrap();
+    l.set_active(&["a".into(), "b".into()]).unwrap();
     assert_close("re-enabled", &host(l.forward(x.clone())), &both, 1e-5);
-    l.delete_adapter("b").unwrap();
+    l.remove_adapter("b").unwrap();
     assert_eq!(l.adapter_names(), vec!["a".to_string()]);
-    assert!(l.set_active_adapters(&["b".into()]).is_err());
+    assert!(l.set_active(&["b".into()]).is_err());
 }
 
 /// Our LoraLinear given PEFT's base, A and B reproduces PEFT's output and gradients.
@@ -297,11 +297,20 @@ fn model_level_merge_matches_unmerged() {
     device.seed(1);
     let config = LoraConfig::new(3, 6.0, &["q", "v", "fc", "out", "emb", "head"])
         .with_init(InitLoraWeights::Random);
-    let mut model = inject_adapter(Tiny::new(&device), &config, "default").unwrap();
+    let model = Tiny::new(&device);
     let ids = Tensor::<2, Int>::from_data([[1, 2, 3, 4], [5, 6, 7, 8]], &device);
+    let base = host(model.forward(ids.clone()));
+    let mut model = inject_adapter(model, &config, "default").unwrap();
     let unmerged = host(model.forward(ids.clone()));
+    assert!(crate::common::max_diff(&unmerged, &base) > 1e-3, "random B changes the output");
     model.merge_active().unwrap();
     assert_close("merged", &host(model.forward(ids.clone())), &unmerged, 1e-5);
     model.unmerge_all().unwrap();
-    assert_close("unmerged again", &host(model.forward(ids)), &unmerged, 1e-5);
+    assert_close("unmerged again", &host(model.forward(ids.clone())), &unmerged, 1e-5);
+    model.merge_active().unwrap();
+    // Disabling unmerges and switches every adapter off: the base model's output again.
+    model.set_adapters_disabled(true).unwrap();
+    assert_close("disabled", &host(model.forward(ids.clone())), &base, 1e-5);
+    model.set_adapters_disabled(false).unwrap();
+    assert_close("enabled", &host(model.forward(ids)), &unmerged, 1e-5);
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use lora_core::{LoraConfig, LoraError, LoraLayer, LoraSites, inject_adapter, select_targets};
+use lora_core::{LoraConfig, LoraError, LoraSites, inject_adapter, select_targets};
 
 use crate::common::{Tiny, fixture};
 
