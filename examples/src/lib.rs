@@ -1,6 +1,62 @@
 //! # lora-examples: command-line LoRA fine-tuning
 //!
-//! This crate will hold the runnable programs of lora-burn: GPT-2 (E2E data-to-text) and
-//! RoBERTa/BERT (GLUE-style classification) fine-tuning with `train`, `eval`, `predict` /
-//! `generate`, `merge` and `info` subcommands, writing PEFT-format adapters that Python's PEFT
-//! loads too. They are being built in the examples issue.
+//! Shared pieces of the programs `gpt2-lora` (GPT-2, causal LM / E2E data-to-text) and the
+//! encoder program: device selection, model-directory resolution, one-line errors.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+
+/// An error the programs print as one line before exiting with status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A model or adapter error.
+    #[error(transparent)]
+    Model(#[from] lora_models::ModelError),
+    /// A LoRA error.
+    #[error(transparent)]
+    Lora(#[from] lora_core::LoraError),
+    /// Anything else, already phrased for the user.
+    #[error("{0}")]
+    Message(String),
+}
+
+/// `Result` with [`CliError`].
+pub type Result<T> = std::result::Result<T, CliError>;
+
+/// The device named on the command line (`flex`, `ndarray`, `wgpu`, `vulkan`, `metal`).
+pub fn device(name: &str) -> Result<Device> {
+    Ok(lora_core::device::parse_device(name)?)
+}
+
+/// A local model directory. Hub ids (`gpt2`, `roberta-base`) need network access and are
+/// refused with a message that says how to pass a directory instead.
+pub fn model_dir(arg: &str) -> Result<PathBuf> {
+    let p = Path::new(arg);
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    if p.exists() {
+        return Err(CliError::Message(format!(
+            "--model {arg}: expected a directory holding config.json and the weights"
+        )));
+    }
+    let looks_like_hub_id = !arg.contains(std::path::MAIN_SEPARATOR) || arg.split('/').count() == 2;
+    if looks_like_hub_id {
+        return Err(CliError::Message(format!(
+            "--model {arg}: no such directory, and this build cannot download `{arg}` from the \
+             Hugging Face hub (offline); download it elsewhere and pass its local directory"
+        )));
+    }
+    Err(CliError::Message(format!(
+        "--model {arg}: no such directory"
+    )))
+}
+
+/// Writes JSON (pretty) to stdout.
+pub fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}

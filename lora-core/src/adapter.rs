@@ -400,3 +400,37 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<HashMap<String, HostTe
         .map(|(k, v)| view_to_host(&k, &v).map(|t| (k, t)))
         .collect()
 }
+
+/// The model's base parameters (adapters excluded) as a PyTorch-named state dict: the inverse of
+/// [`load_state_dict`]. Linear weights go back to `[out, in]` unless `fan_in_fan_out`, LayerNorm
+/// `gamma`/`beta` to `weight`/`bias`. Merge adapters first to export a merged model.
+pub fn export_state_dict<M: Module + LoraSites>(
+    model: &M,
+    fan_in_fan_out: bool,
+) -> Result<Vec<(String, HostTensor)>> {
+    let infos: Vec<ParamInfo> = visit_params(model)
+        .into_iter()
+        .filter(|p| p.adapter_site.is_none())
+        .collect();
+    let wanted: BTreeMap<String, &ParamInfo> =
+        infos.iter().map(|p| (p.burn_path.clone(), p)).collect();
+    let mut out = Vec::with_capacity(infos.len());
+    for (burn_path, value) in collect_values(model, &wanted)? {
+        let info = wanted[&burn_path];
+        let value = if is_linear_weight(info) && !fan_in_fan_out {
+            value.transposed()
+        } else {
+            value
+        };
+        out.push((info.hf_path.clone(), value));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Writes tensors as a safetensors file (metadata `{"format": "pt"}`), atomically.
+pub fn save_safetensors(path: impl AsRef<Path>, tensors: &[(String, HostTensor)]) -> Result<()> {
+    let path = path.as_ref();
+    let bytes = serialize_safetensors(tensors, &[("format", "pt")], path)?;
+    write_atomic(path, &bytes)
+}

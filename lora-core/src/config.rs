@@ -330,7 +330,12 @@ impl LoraConfig {
                     "peft_type \"{other}\" (only \"LORA\" adapters are supported)"
                 )));
             }
-            None => return Err(LoraError::config("peft_type", "is missing (expected \"LORA\")")),
+            None => {
+                return Err(LoraError::config(
+                    "peft_type",
+                    "is missing (expected \"LORA\")",
+                ));
+            }
         }
         let config: Self = serde_json::from_value(value).map_err(|source| LoraError::Json {
             path: CONFIG_FILE.into(),
@@ -425,7 +430,11 @@ impl LoraConfig {
         if self.lora_bias {
             return Err(LoraError::Unsupported("lora_bias = true".into()));
         }
-        if self.layer_replication.as_ref().is_some_and(|v| !v.is_null()) {
+        if self
+            .layer_replication
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+        {
             return Err(LoraError::Unsupported("layer_replication".into()));
         }
         if self

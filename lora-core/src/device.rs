@@ -41,7 +41,8 @@ pub fn parse_device(name: &str) -> Result<Device> {
         #[cfg(feature = "flex")]
         "flex" => Ok(Device::flex()),
         #[cfg(feature = "ndarray")]
-        #[allow(deprecated)] // burn deprecates ndarray in favour of flex; we still support it.
+        #[allow(deprecated)]
+        // burn deprecates ndarray in favour of flex; we still support it.
         "ndarray" => Ok(Device::ndarray()),
         #[cfg(feature = "wgpu")]
         "wgpu" => wgpu_device().map_err(LoraError::Device),
@@ -80,7 +81,9 @@ fn probe_pinned(device: Device) -> Result<Device> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let _ = Tensor::<1>::zeros([1], &d).into_data();
     }))
-    .map_err(|_| LoraError::Device("the requested GPU API has no adapter on this machine".into()))?;
+    .map_err(|_| {
+        LoraError::Device("the requested GPU API has no adapter on this machine".into())
+    })?;
     Ok(device)
 }
 
@@ -98,4 +101,3 @@ pub fn test_devices() -> Vec<(&'static str, Device)> {
     }
     out
 }
-

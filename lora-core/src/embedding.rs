@@ -24,7 +24,9 @@ pub struct LoraEmbeddingConfig {
 impl LoraEmbeddingConfig {
     /// Creates the layer with burn's default `Embedding` initialisation (N(0, 1)), lazily.
     pub fn init(&self, device: &Device) -> LoraEmbedding {
-        LoraEmbedding::from_embedding(EmbeddingConfig::new(self.n_embedding, self.d_model).init(device))
+        LoraEmbedding::from_embedding(
+            EmbeddingConfig::new(self.n_embedding, self.d_model).init(device),
+        )
     }
 }
 
@@ -191,7 +193,9 @@ impl LoraLayer for LoraEmbedding {
     }
 
     fn add_sliced_adapter(&mut self, _: &str, _: &AdapterSpec, _: &[(usize, usize)]) -> Result<()> {
-        Err(LoraError::Unsupported("output slices on an embedding".into()))
+        Err(LoraError::Unsupported(
+            "output slices on an embedding".into(),
+        ))
     }
 
     fn remove_adapter(&mut self, name: &str) -> Result<()> {

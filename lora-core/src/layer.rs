@@ -55,7 +55,12 @@ pub trait LoraLayer {
     /// Adds an adapter that only updates the given output ranges `(start, len)`, each with its own
     /// rank-`spec.r` factor pair (loralib's `MergedLinear`, e.g. q and v of a fused qkv projection).
     /// Only linear layers support it.
-    fn add_sliced_adapter(&mut self, name: &str, spec: &AdapterSpec, slices: &[(usize, usize)]) -> Result<()>;
+    fn add_sliced_adapter(
+        &mut self,
+        name: &str,
+        spec: &AdapterSpec,
+        slices: &[(usize, usize)],
+    ) -> Result<()>;
     /// Removes an adapter (unmerging it first if merged).
     fn remove_adapter(&mut self, name: &str) -> Result<()>;
     /// Chooses which adapters `forward` applies; merged adapters that become inactive are

@@ -81,7 +81,7 @@ pub mod sites;
 
 pub use adapter::{
     ADAPTER_FILE, KEY_PREFIX, StateDictReport, adapter_state, apply_adapter_state, load_adapter,
-    load_state_dict, read_safetensors, save_adapter,
+    export_state_dict, load_state_dict, read_safetensors, save_adapter, save_safetensors,
 };
 pub use config::{
     AdapterSpec, BiasMode, CONFIG_FILE, InitLoraWeights, LoraConfig, OneOrMany, TargetModules,
@@ -91,9 +91,8 @@ pub use error::{LoraError, Result};
 pub use layer::{Factors, LayerKind, LoraLayer};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig};
 pub use model::{
-    LoraModelExt, ParamInfo, SliceFn, TrainPolicy, adapted_paths, apply_trainability, inject_adapter,
-    inject_adapter_with, stable_id,
-    select_targets, site_paths, visit_params,
+    LoraModelExt, ParamInfo, SliceFn, TrainPolicy, adapted_paths, apply_trainability,
+    inject_adapter, inject_adapter_with, select_targets, site_paths, stable_id, visit_params,
 };
 pub use report::{ModuleParams, ParamReport};
 pub use sites::{LoraSites, join_path};

@@ -79,7 +79,8 @@ impl LinearAdapter {
     pub fn forward<const D: usize>(&self, x: Tensor<D>, d_out: usize) -> Tensor<D> {
         let r = self.meta.r;
         // Scaling the rank-r activation is cheaper than scaling the d_out output; same result.
-        let h = linear(self.dropout.forward(x), self.lora_a.val(), None).mul_scalar(self.meta.scale);
+        let h =
+            linear(self.dropout.forward(x), self.lora_a.val(), None).mul_scalar(self.meta.scale);
         if self.is_plain(d_out) {
             return linear(h, self.lora_b[0].val(), None);
         }
@@ -304,7 +305,15 @@ impl LoraLayer for LoraLinear {
         }
         let device = self.weight.lazy_device();
         let k = sorted.len();
-        let (a, _) = init_linear_factors(d_in, 1, &AdapterSpec { r: spec.r * k, ..*spec }, &device);
+        let (a, _) = init_linear_factors(
+            d_in,
+            1,
+            &AdapterSpec {
+                r: spec.r * k,
+                ..*spec
+            },
+            &device,
+        );
         let lora_b = sorted
             .iter()
             .map(|&(_, len)| Param::from_tensor(init_linear_factors(d_in, len, spec, &device).1))
@@ -399,7 +408,10 @@ impl LoraLayer for LoraLinear {
         ad.lora_a = replace(&ad.lora_a, factors.a);
         let slices = ad.meta.slices.clone();
         for (j, &(start, len)) in slices.iter().enumerate() {
-            let block = factors.b.clone().slice([j * r..(j + 1) * r, start..start + len]);
+            let block = factors
+                .b
+                .clone()
+                .slice([j * r..(j + 1) * r, start..start + len]);
             ad.lora_b[j] = replace(&ad.lora_b[j], block);
         }
         ad.meta.scale = factors.scale;

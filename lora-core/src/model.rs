@@ -71,7 +71,11 @@ pub fn select_targets<M: LoraSites + ?Sized>(
 /// All checks run before the model is touched, so an error leaves nothing half-done (the model is
 /// returned only on success; clone it first if you need it after a failure; cloning a burn
 /// module is cheap).
-pub fn inject_adapter<M: Module + LoraSites>(model: M, config: &LoraConfig, name: &str) -> Result<M> {
+pub fn inject_adapter<M: Module + LoraSites>(
+    model: M,
+    config: &LoraConfig,
+    name: &str,
+) -> Result<M> {
     inject_adapter_with(model, config, name, &|_, _| None)
 }
 
@@ -94,7 +98,10 @@ pub fn inject_adapter_with<M: Module + LoraSites>(
     }
     let mut clash = None;
     model.visit_lora_sites("", &mut |p, l| {
-        if clash.is_none() && specs.iter().any(|(s, _)| s == p) && l.adapter_names().iter().any(|n| n == name) {
+        if clash.is_none()
+            && specs.iter().any(|(s, _)| s == p)
+            && l.adapter_names().iter().any(|n| n == name)
+        {
             clash = Some(p.to_string());
         }
     });
@@ -105,15 +112,13 @@ pub fn inject_adapter_with<M: Module + LoraSites>(
         });
     }
     let mut model = model;
-    model.visit_lora_sites_mut("", &mut |p, l| {
-        match specs.iter().find(|(s, _)| s == p) {
-            Some((_, spec)) => match slices(p, l.dims()) {
-                Some(ranges) => l.add_sliced_adapter(name, spec, &ranges),
-                None => l.add_adapter(name, spec),
-            }
-            .map_err(|e| at(e, p)),
-            None => Ok(()),
+    model.visit_lora_sites_mut("", &mut |p, l| match specs.iter().find(|(s, _)| s == p) {
+        Some((_, spec)) => match slices(p, l.dims()) {
+            Some(ranges) => l.add_sliced_adapter(name, spec, &ranges),
+            None => l.add_adapter(name, spec),
         }
+        .map_err(|e| at(e, p)),
+        None => Ok(()),
     })?;
     Ok(apply_trainability(model, config))
 }
@@ -307,7 +312,9 @@ pub trait LoraModelExt: LoraSites {
     }
     /// Turns all adapters off (the base model's output) or back on.
     fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()> {
-        self.visit_lora_sites_mut("", &mut |p, l| l.set_disabled(disabled).map_err(|e| at(e, p)))
+        self.visit_lora_sites_mut("", &mut |p, l| {
+            l.set_disabled(disabled).map_err(|e| at(e, p))
+        })
     }
     /// Removes the adapter from every site.
     fn delete_adapter(&mut self, name: &str) -> Result<()> {

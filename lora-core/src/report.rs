@@ -114,7 +114,11 @@ impl fmt::Display for ParamReport {
             .max()
             .unwrap_or(6)
             .max(6);
-        writeln!(f, "{:<width$}  {:>12}  {:>12}  {:>12}", "module", "trainable", "lora", "total")?;
+        writeln!(
+            f,
+            "{:<width$}  {:>12}  {:>12}  {:>12}",
+            "module", "trainable", "lora", "total"
+        )?;
         for m in self.modules.iter().filter(|m| m.trainable > 0) {
             writeln!(
                 f,
@@ -134,7 +138,7 @@ pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

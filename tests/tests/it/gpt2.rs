@@ -14,7 +14,10 @@ use lora_models::{ModelError, TextTokenizer};
 use crate::common::{devices, fixture, host, load};
 
 fn ref_json(tag: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(&format!("gpt2/reference-{tag}.json"))).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("gpt2/reference-{tag}.json"))).unwrap(),
+    )
+    .unwrap()
 }
 
 fn int2(t: &HostTensor, device: &Device) -> Tensor<2, Int> {
@@ -24,7 +27,13 @@ fn int2(t: &HostTensor, device: &Device) -> Tensor<2, Int> {
 
 /// Compares our logits with a reference summary (first 256 vocab entries, log-sum-exp and
 /// argmax) at the positions the mask marks as real tokens.
-fn check_logits(what: &str, logits: Tensor<3>, r: &std::collections::HashMap<String, HostTensor>, prefix: &str, mask: &HostTensor) {
+fn check_logits(
+    what: &str,
+    logits: Tensor<3>,
+    r: &std::collections::HashMap<String, HostTensor>,
+    prefix: &str,
+    mask: &HostTensor,
+) {
     let [b, t, v] = logits.dims();
     let ours = host(logits);
     let head = &r[&format!("{prefix}.logits_head")];
@@ -38,43 +47,75 @@ fn check_logits(what: &str, logits: Tensor<3>, r: &std::collections::HashMap<Str
                 continue; // padding positions carry no meaning
             }
             let row = &ours.data[(bi * t + ti) * v..(bi * t + ti + 1) * v];
-            for j in 0..w {
-                max_head = max_head.max((row[j] - head.data[(bi * t + ti) * w + j]).abs());
+            let want = &head.data[(bi * t + ti) * w..(bi * t + ti + 1) * w];
+            for (a, b) in row.iter().zip(want) {
+                max_head = max_head.max((a - b).abs());
             }
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let l = m + row.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
             max_lse = max_lse.max((l - lse.data[bi * t + ti]).abs());
-            let am = row.iter().enumerate().fold(0, |best, (i, x)| if *x > row[best] { i } else { best });
-            assert_eq!(am as f32, arg.data[bi * t + ti], "{what}: argmax at ({bi},{ti})");
+            let am = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, x)| if *x > row[best] { i } else { best });
+            assert_eq!(
+                am as f32,
+                arg.data[bi * t + ti],
+                "{what}: argmax at ({bi},{ti})"
+            );
         }
     }
     assert!(max_head <= 1e-4, "{what}: logits max abs diff {max_head:e}");
-    assert!(max_lse <= 1e-4, "{what}: log-sum-exp max abs diff {max_lse:e}");
+    assert!(
+        max_lse <= 1e-4,
+        "{what}: log-sum-exp max abs diff {max_lse:e}"
+    );
 }
 
 #[test]
 fn tokenizer_matches_hf_and_tiktoken() {
     let dir = fixture("gpt2/tokenizer");
     let refs: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     let from_json = TextTokenizer::from_dir(&dir).unwrap();
     let from_bpe =
         TextTokenizer::gpt2_from_files(&dir.join("vocab.json"), &dir.join("merges.txt")).unwrap();
     let oracle = tiktoken_rs::r50k_base().unwrap();
     for r in &refs {
         let text = r["text"].as_str().unwrap();
-        let want: Vec<u32> = r["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        assert_eq!(from_json.encode(text).unwrap(), want, "tokenizer.json: {text}");
+        let want: Vec<u32> = r["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            from_json.encode(text).unwrap(),
+            want,
+            "tokenizer.json: {text}"
+        );
         assert_eq!(from_bpe.encode(text).unwrap(), want, "vocab+merges: {text}");
-        let tk: Vec<u32> = oracle.encode_with_special_tokens(text).into_iter().map(|x| x as u32).collect();
+        let tk: Vec<u32> = oracle.encode_with_special_tokens(text);
         assert_eq!(tk, want, "tiktoken: {text}");
-        assert_eq!(from_bpe.decode(&want, false).unwrap(), text, "round trip: {text}");
+        assert_eq!(
+            from_bpe.decode(&want, false).unwrap(),
+            text,
+            "round trip: {text}"
+        );
     }
     assert_eq!(
-        from_bpe.encode("Hello world, this is GPT-2's tokenizer!").unwrap(),
-        vec![15496, 995, 11, 428, 318, 402, 11571, 12, 17, 338, 11241, 7509, 0]
+        from_bpe
+            .encode("Hello world, this is GPT-2's tokenizer!")
+            .unwrap(),
+        vec![
+            15496, 995, 11, 428, 318, 402, 11571, 12, 17, 338, 11241, 7509, 0
+        ]
     );
-    assert!(matches!(TextTokenizer::from_dir(fixture("core")), Err(ModelError::MissingFile { .. })));
+    assert!(matches!(
+        TextTokenizer::from_dir(fixture("core")),
+        Err(ModelError::MissingFile { .. })
+    ));
 }
 
 #[test]
@@ -82,20 +123,32 @@ fn logits_and_losses_match_transformers() {
     for tag in ["a", "b"] {
         let r = load(&format!("gpt2/reference-{tag}.safetensors"));
         for (name, device) in devices() {
-            let (model, _) = Gpt2LmHeadModel::from_pretrained(fixture(&format!("gpt2/tiny-{tag}")), &device).unwrap();
+            let (model, _) =
+                Gpt2LmHeadModel::from_pretrained(fixture(&format!("gpt2/tiny-{tag}")), &device)
+                    .unwrap();
             for side in ["right", "left"] {
                 let ids = int2(&r[&format!("{side}.ids")], &device);
                 let mask = int2(&r[&format!("{side}.mask")], &device);
                 let logits = model.forward(ids.clone(), Some(mask.clone())).unwrap();
                 let what = format!("{name}/tiny-{tag}/{side}");
                 check_logits(&what, logits.clone(), &r, side, &r[&format!("{side}.mask")]);
-                let loss = causal_lm_loss(logits.clone(), labels_from_mask(ids.clone(), mask.clone()), 0.0);
+                let loss = causal_lm_loss(
+                    logits.clone(),
+                    labels_from_mask(ids.clone(), mask.clone()),
+                    0.0,
+                );
                 let (ours, want) = (host(loss).data[0], r[&format!("{side}.loss")].data[0]);
-                assert!((ours - want).abs() <= 1e-5 * want.abs().max(1.0), "{what}: loss {ours} vs {want}");
+                assert!(
+                    (ours - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{what}: loss {ours} vs {want}"
+                );
                 if side == "right" {
                     let loss = causal_lm_loss(logits, labels_from_mask(ids, mask), 0.1);
                     let (ours, want) = (host(loss).data[0], r["right.loss_smooth"].data[0]);
-                    assert!((ours - want).abs() <= 1e-5 * want.abs().max(1.0), "{what}: smoothed loss {ours} vs {want}");
+                    assert!(
+                        (ours - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{what}: smoothed loss {ours} vs {want}"
+                    );
                 }
             }
         }
@@ -118,34 +171,65 @@ fn greedy_and_beam_search_match_hf_generate() {
     for tag in ["a", "b"] {
         let g = ref_json(tag);
         for (name, device) in devices() {
-            let (model, _) = Gpt2LmHeadModel::from_pretrained(fixture(&format!("gpt2/tiny-{tag}")), &device).unwrap();
+            let (model, _) =
+                Gpt2LmHeadModel::from_pretrained(fixture(&format!("gpt2/tiny-{tag}")), &device)
+                    .unwrap();
             // Prompts as HF saw them: left-padded rows, padding dropped.
             let padded = ids_of(&g["greedy_prompt_ids"]);
             let masks = ids_of(&g["greedy_prompt_mask"]);
             let prompts: Vec<Vec<u32>> = padded
                 .iter()
                 .zip(&masks)
-                .map(|(p, m)| p.iter().zip(m).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect())
+                .map(|(p, m)| {
+                    p.iter()
+                        .zip(m)
+                        .filter(|(_, m)| **m == 1)
+                        .map(|(t, _)| *t)
+                        .collect()
+                })
                 .collect();
             let mut cfg = GenerationConfig::greedy(8);
             cfg.eos_token_id = None; // HF ran without stopping (its continuations never hit eos)
             let out = model.generate(&prompts, &cfg, &device).unwrap();
-            assert_eq!(out.tokens, ids_of(&g["greedy"]), "{name}/tiny-{tag}: greedy");
+            assert_eq!(
+                out.tokens,
+                ids_of(&g["greedy"]),
+                "{name}/tiny-{tag}: greedy"
+            );
 
-            let prompt = vec![ids_of(&g["beam_prompt"]).into_iter().flatten().collect::<Vec<u32>>()];
+            let prompt = vec![
+                ids_of(&g["beam_prompt"])
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<u32>>(),
+            ];
             let beam = |max, nr, lp, early| GenerationConfig {
                 max_new_tokens: max,
-                decoding: Decoding::Beam { num_beams: 4, length_penalty: lp, early_stopping: early },
+                decoding: Decoding::Beam {
+                    num_beams: 4,
+                    length_penalty: lp,
+                    early_stopping: early,
+                },
                 no_repeat_ngram_size: nr,
                 eos_token_id: Some(50256),
                 pad_token_id: 50256,
             };
-            let out = model.generate(&prompt, &beam(6, 0, 1.0, true), &device).unwrap();
+            let out = model
+                .generate(&prompt, &beam(6, 0, 1.0, true), &device)
+                .unwrap();
             let want: Vec<u32> = ids_of(&g["beam4"]).into_iter().flatten().collect();
             assert_eq!(out.tokens[0], want, "{name}/tiny-{tag}: beam 4");
-            let out = model.generate(&prompt, &beam(8, 2, 0.9, false), &device).unwrap();
-            let want: Vec<u32> = ids_of(&g["beam4_ngram2_lp09"]).into_iter().flatten().collect();
-            assert_eq!(out.tokens[0], want, "{name}/tiny-{tag}: beam 4, no_repeat_ngram 2");
+            let out = model
+                .generate(&prompt, &beam(8, 2, 0.9, false), &device)
+                .unwrap();
+            let want: Vec<u32> = ids_of(&g["beam4_ngram2_lp09"])
+                .into_iter()
+                .flatten()
+                .collect();
+            assert_eq!(
+                out.tokens[0], want,
+                "{name}/tiny-{tag}: beam 4, no_repeat_ngram 2"
+            );
         }
     }
 }
@@ -156,21 +240,47 @@ fn sampling_is_seeded_and_respects_top_k() {
     let (model, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
     let cfg = |seed| GenerationConfig {
         max_new_tokens: 6,
-        decoding: Decoding::Sample { temperature: 0.8, top_k: Some(1), top_p: None, seed },
+        decoding: Decoding::Sample {
+            temperature: 0.8,
+            top_k: Some(1),
+            top_p: None,
+            seed,
+        },
         no_repeat_ngram_size: 0,
         eos_token_id: None,
         pad_token_id: 50256,
     };
     let prompt = vec![vec![464, 2068, 7586]];
     // top_k = 1 is greedy whatever the seed.
-    let greedy = model.generate(&prompt, &GenerationConfig { eos_token_id: None, ..GenerationConfig::greedy(6) }, &device).unwrap();
-    assert_eq!(model.generate(&prompt, &cfg(1), &device).unwrap().tokens, greedy.tokens);
+    let greedy = model
+        .generate(
+            &prompt,
+            &GenerationConfig {
+                eos_token_id: None,
+                ..GenerationConfig::greedy(6)
+            },
+            &device,
+        )
+        .unwrap();
+    assert_eq!(
+        model.generate(&prompt, &cfg(1), &device).unwrap().tokens,
+        greedy.tokens
+    );
     let free = |seed| GenerationConfig {
-        decoding: Decoding::Sample { temperature: 1.5, top_k: None, top_p: Some(0.95), seed },
+        decoding: Decoding::Sample {
+            temperature: 1.5,
+            top_k: None,
+            top_p: Some(0.95),
+            seed,
+        },
         ..cfg(seed)
     };
     let a = model.generate(&prompt, &free(7), &device).unwrap();
-    assert_eq!(a, model.generate(&prompt, &free(7), &device).unwrap(), "same seed, same text");
+    assert_eq!(
+        a,
+        model.generate(&prompt, &free(7), &device).unwrap(),
+        "same seed, same text"
+    );
     assert!(a.logprobs[0].iter().all(|l| l.is_finite() && *l <= 0.0));
 }
 
@@ -179,15 +289,27 @@ fn peft_c_attn_adapter_reproduces_peft_logits() {
     let r = load("gpt2/reference-a.safetensors");
     for (name, device) in devices() {
         let (base, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
-        let (mut model, config) = load_adapter(&base, fixture("gpt2/peft-c_attn"), "default").unwrap();
+        let (mut model, config) =
+            load_adapter(&base, fixture("gpt2/peft-c_attn"), "default").unwrap();
         assert!(config.fan_in_fan_out);
         let ids = int2(&r["right.ids"], &device);
         let mask = int2(&r["right.mask"], &device);
         let logits = model.forward(ids.clone(), Some(mask.clone())).unwrap();
-        check_logits(&format!("{name}: PEFT adapter"), logits.clone(), &r, "peft", &r["right.mask"]);
+        check_logits(
+            &format!("{name}: PEFT adapter"),
+            logits.clone(),
+            &r,
+            "peft",
+            &r["right.mask"],
+        );
         model.merge_active().unwrap();
         let merged = model.forward(ids, Some(mask)).unwrap();
-        crate::common::assert_close(&format!("{name}: merged vs unmerged"), &host(merged), &host(logits), 1e-4);
+        crate::common::assert_close(
+            &format!("{name}: merged vs unmerged"),
+            &host(merged),
+            &host(logits),
+            1e-4,
+        );
     }
 }
 
@@ -203,10 +325,17 @@ fn query_value_adapter_exports_as_equivalent_peft_adapter() {
     device.seed(42);
     let (base, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
     let lora = LoraConfig::new(4, 32.0, &["c_attn"]).with_init(InitLoraWeights::Random);
-    let (model, cfg) = inject_gpt2_lora(base.clone(), &lora, "default", CAttnMode::QueryValue).unwrap();
-    let fused = inject_gpt2_lora(base.clone(), &lora, "default", CAttnMode::Fused).unwrap().0;
+    let (model, cfg) =
+        inject_gpt2_lora(base.clone(), &lora, "default", CAttnMode::QueryValue).unwrap();
+    let fused = inject_gpt2_lora(base.clone(), &lora, "default", CAttnMode::Fused)
+        .unwrap()
+        .0;
     let count = |m: &Gpt2LmHeadModel| lora_core::ParamReport::new(m, &cfg).lora_params();
-    assert_eq!(count(&model), count(&fused), "q/v and fused: same parameter count");
+    assert_eq!(
+        count(&model),
+        count(&fused),
+        "q/v and fused: same parameter count"
+    );
     assert_eq!(count(&model), 2 * (16 * 4 * 2 + 4 * 16 * 2));
 
     let r = load("gpt2/reference-a.safetensors");
@@ -218,12 +347,25 @@ fn query_value_adapter_exports_as_equivalent_peft_adapter() {
     std::fs::create_dir_all(&dir).unwrap();
     save_adapter(&model, &cfg, "default", &dir).unwrap();
     let saved = LoraConfig::load(&dir).unwrap();
-    assert_eq!(saved.rank_pattern.values().next(), Some(&8), "rank 2r in PEFT's view");
-    assert_eq!(saved.alpha_pattern.values().next(), Some(&64.0), "alpha doubled");
+    assert_eq!(
+        saved.rank_pattern.values().next(),
+        Some(&8),
+        "rank 2r in PEFT's view"
+    );
+    assert_eq!(
+        saved.alpha_pattern.values().next(),
+        Some(&64.0),
+        "alpha doubled"
+    );
     // Reloaded as a plain (fused) adapter it gives the same logits.
     let (reloaded, _) = load_adapter(&base, &dir, "default").unwrap();
     let again = reloaded.forward(ids.clone(), Some(mask.clone())).unwrap();
-    crate::common::assert_close("q/v export reloads", &host(again), &host(ours.clone()), 1e-5);
+    crate::common::assert_close(
+        "q/v export reloads",
+        &host(again),
+        &host(ours.clone()),
+        1e-5,
+    );
     // Leave our logits for the PEFT-side check.
     let v = ours.dims()[2];
     let head = host(ours.narrow(2, 0, 256.min(v)));
@@ -235,7 +377,10 @@ fn query_value_adapter_exports_as_equivalent_peft_adapter() {
     let path = dir.join("our_logits.safetensors");
     let bytes = lora_core::io::serialize_safetensors(&tensors, &[("format", "pt")], &path).unwrap();
     std::fs::write(&path, bytes).unwrap();
-    eprintln!("q/v adapter for PEFT: python scripts/make_gpt2_fixtures.py --check-adapter {}", dir.display());
+    eprintln!(
+        "q/v adapter for PEFT: python scripts/make_gpt2_fixtures.py --check-adapter {}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -253,20 +398,39 @@ fn bad_inputs_are_clear_errors() {
     let err = Gpt2LmHeadModel::from_pretrained(tmp.path(), &device).unwrap_err();
     assert!(matches!(err, ModelError::MissingFile { .. }), "{err}");
     // Invalid config values.
-    std::fs::write(tmp.path().join("config.json"), cfg.replace("\"n_head\": 2", "\"n_head\": 3")).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        cfg.replace("\"n_head\": 2", "\"n_head\": 3"),
+    )
+    .unwrap();
     let err = Gpt2LmHeadModel::from_pretrained(tmp.path(), &device).unwrap_err();
     assert!(err.to_string().contains("n_head"), "{err}");
     std::fs::write(tmp.path().join("config.json"), "{ not json").unwrap();
-    assert!(matches!(Gpt2LmHeadModel::from_pretrained(tmp.path(), &device), Err(ModelError::Config { .. })));
+    assert!(matches!(
+        Gpt2LmHeadModel::from_pretrained(tmp.path(), &device),
+        Err(ModelError::Config { .. })
+    ));
     // Another architecture.
-    std::fs::write(tmp.path().join("config.json"), cfg.replace("\"gpt2\"", "\"bert\"")).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        cfg.replace("\"gpt2\"", "\"bert\""),
+    )
+    .unwrap();
     assert!(matches!(
         Gpt2LmHeadModel::from_pretrained(tmp.path(), &device),
         Err(ModelError::WrongArchitecture { .. })
     ));
     // Weights of a different shape: the error names the tensor.
-    std::fs::write(tmp.path().join("config.json"), cfg.replace("\"n_embd\": 16", "\"n_embd\": 32")).unwrap();
-    std::fs::copy(fixture("gpt2/tiny-a/model.safetensors"), tmp.path().join("model.safetensors")).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        cfg.replace("\"n_embd\": 16", "\"n_embd\": 32"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("gpt2/tiny-a/model.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
     let err = Gpt2LmHeadModel::from_pretrained(tmp.path(), &device).unwrap_err();
     assert!(err.to_string().contains("transformer."), "{err}");
     // Truncated weights.
@@ -275,12 +439,41 @@ fn bad_inputs_are_clear_errors() {
     std::fs::write(tmp.path().join("model.safetensors"), &bytes[..1000]).unwrap();
     assert!(Gpt2LmHeadModel::from_pretrained(tmp.path(), &device).is_err());
     // Too long a sequence.
-    let (model, config) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+    let (model, config) =
+        Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
     let long = Tensor::<2, Int>::zeros([1, config.n_positions + 1], &device);
-    assert!(matches!(model.forward(long, None), Err(ModelError::SequenceTooLong { .. })));
+    assert!(matches!(
+        model.forward(long, None),
+        Err(ModelError::SequenceTooLong { .. })
+    ));
     let prompt = vec![vec![1u32; config.n_positions]];
     assert!(matches!(
         model.generate(&prompt, &GenerationConfig::greedy(4), &device),
         Err(ModelError::SequenceTooLong { .. })
     ));
+}
+
+/// Merged export: adapter folded in, written as a plain Hugging Face checkpoint that reloads
+/// (here, and in transformers: `python -c "from transformers import GPT2LMHeadModel as M;
+/// M.from_pretrained(DIR)"`) with the merged logits.
+#[test]
+fn merged_checkpoint_reloads_with_equal_logits() {
+    let device = Device::flex();
+    let r = load("gpt2/reference-a.safetensors");
+    let (base, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+    let (mut model, _) = load_adapter(&base, fixture("gpt2/peft-c_attn"), "default").unwrap();
+    model.merge_active().unwrap();
+    let dir = export_dir("gpt2_merged");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = lora_core::export_state_dict(&model, true).unwrap();
+    assert!(state.iter().all(|(k, _)| !k.contains("lora")));
+    lora_core::save_safetensors(dir.join("model.safetensors"), &state).unwrap();
+    std::fs::copy(fixture("gpt2/tiny-a/config.json"), dir.join("config.json")).unwrap();
+    let (reloaded, _) = Gpt2LmHeadModel::from_pretrained(&dir, &device).unwrap();
+    let ids = int2(&r["right.ids"], &device);
+    let mask = int2(&r["right.mask"], &device);
+    let want = model.forward(ids.clone(), Some(mask.clone())).unwrap();
+    let got = reloaded.forward(ids, Some(mask)).unwrap();
+    crate::common::assert_close("merged reload", &host(got.clone()), &host(want), 1e-6);
+    check_logits("merged export vs PEFT", got, &r, "peft", &r["right.mask"]);
 }
