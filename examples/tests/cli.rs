@@ -1,0 +1,107 @@
+//! The programs end to end on the tiny fixtures, as a user runs them; bad input gives one
+//! clear line and a non-zero exit.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn gpt2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpt2-lora"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the program starts")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn info_generate_and_merge() {
+    let o = gpt2(&["info", "--model", "fixtures/gpt2/tiny-a", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // q/v slices of c_attn, r = 4, two blocks of width 16: 2 · (16·8 + 2·4·16).
+    assert_eq!(v["lora"], 512);
+
+    let o = gpt2(&[
+        "generate",
+        "--model",
+        "fixtures/gpt2/tiny-a",
+        "--tokenizer",
+        "fixtures/gpt2/tokenizer",
+        "--adapter",
+        "fixtures/gpt2/peft-c_attn",
+        "--prompt",
+        "The quick brown fox",
+        "--max-new-tokens",
+        "5",
+        "--beams",
+        "3",
+        "--no-repeat-ngram-size",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 5);
+    assert_eq!(v["logprobs"].as_array().unwrap().len(), 5);
+    assert!(v["text"].is_string());
+
+    let out = tempfile::tempdir().unwrap();
+    let o = gpt2(&[
+        "merge",
+        "--model",
+        "fixtures/gpt2/tiny-a",
+        "--adapter",
+        "fixtures/gpt2/peft-c_attn",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.path().join("model.safetensors").exists());
+    assert!(out.path().join("config.json").exists());
+    // The merged checkpoint is a plain model: it loads without the adapter.
+    let o = gpt2(&["info", "--model", out.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_input_is_one_line_and_nonzero() {
+    let cases: [&[&str]; 4] = [
+        &["info", "--model", "no/such/dir"],
+        &["info", "--model", "gpt2"],
+        &[
+            "info",
+            "--model",
+            "fixtures/gpt2/tiny-a",
+            "--device",
+            "cuda",
+        ],
+        &[
+            "merge",
+            "--model",
+            "fixtures/gpt2/tiny-a",
+            "--adapter",
+            "fixtures/core",
+            "--out",
+            "/tmp/x",
+        ],
+    ];
+    for args in cases {
+        let o = gpt2(args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let err = stderr(&o);
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line, got:\n{err}"
+        );
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
