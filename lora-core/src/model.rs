@@ -395,7 +395,9 @@ pub fn visit_params<M: Module + LoraSites>(model: &M) -> Vec<ParamInfo> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let burn_path = self.walk.path.join(".");
             let adapter_site = if self.walk.in_adapter() {
-                self.walk.site_of_adapter()
+                self.walk
+                    .site_of_adapter()
+                    .map(|s| self.model.hf_param_path(&s))
             } else {
                 None
             };

@@ -66,6 +66,21 @@ pub enum ModelError {
         /// Positions the model has.
         max: usize,
     },
+    /// A classification head in the checkpoint has another number of labels than the config.
+    #[error(
+        "{path}: head tensor `{key}` has {found} labels but the config asks for {expected} \
+         (load with `ignore_mismatched_head` to start a fresh head instead)"
+    )]
+    LabelCountMismatch {
+        /// Weights file.
+        path: PathBuf,
+        /// The head tensor.
+        key: String,
+        /// Labels in the config (or requested).
+        expected: usize,
+        /// Labels in the checkpoint.
+        found: usize,
+    },
     /// An argument is invalid (empty batch, mismatched shapes, bad generation settings).
     #[error("invalid input: {0}")]
     InvalidInput(String),

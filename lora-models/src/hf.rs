@@ -103,10 +103,9 @@ pub fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>> {
     let mut out = HashMap::new();
     for (name, t) in tensors {
         let bytes = t.to_bytes().map_err(|e| err(format!("{name}: {e}")))?;
-        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let data = bytes_to_f32(&bytes, &format!("{:?}", t.dtype)).ok_or_else(|| {
-            err(format!("{name}: unsupported dtype {:?}", t.dtype))
-        })?;
+        let shape: Vec<usize> = t.shape.to_vec();
+        let data = bytes_to_f32(&bytes, &format!("{:?}", t.dtype))
+            .ok_or_else(|| err(format!("{name}: unsupported dtype {:?}", t.dtype)))?;
         out.insert(name.clone(), HostTensor { shape, data });
     }
     Ok(out)

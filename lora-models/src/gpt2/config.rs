@@ -135,7 +135,9 @@ impl Gpt2Config {
             path: file.clone(),
             reason: e.to_string(),
         })?;
-        config.validate().map_err(|reason| ModelError::Config { path: file, reason })?;
+        config
+            .validate()
+            .map_err(|reason| ModelError::Config { path: file, reason })?;
         Ok(config)
     }
 
@@ -152,7 +154,7 @@ impl Gpt2Config {
                 return Err(format!("`{name}` must be positive"));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!(
                 "`n_embd` ({}) must be divisible by `n_head` ({})",
                 self.n_embd, self.n_head

@@ -66,7 +66,12 @@ impl GenerationConfig {
     fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(ModelError::InvalidInput(m.to_string()));
         match &self.decoding {
-            Decoding::Sample { temperature, top_k, top_p, .. } => {
+            Decoding::Sample {
+                temperature,
+                top_k,
+                top_p,
+                ..
+            } => {
                 if !(*temperature > 0.0 && temperature.is_finite()) {
                     return bad("temperature must be positive");
                 }
@@ -79,7 +84,11 @@ impl GenerationConfig {
                     return bad("top_p must be in (0, 1]");
                 }
             }
-            Decoding::Beam { num_beams, length_penalty, .. } => {
+            Decoding::Beam {
+                num_beams,
+                length_penalty,
+                ..
+            } => {
                 if *num_beams == 0 {
                     return bad("num_beams must be at least 1");
                 }
@@ -136,7 +145,13 @@ fn ban_repeated_ngrams(seq: &[u32], n: usize, row: &mut [f32]) {
     }
 }
 
-fn sample(row: &[f32], temperature: f64, top_k: Option<usize>, top_p: Option<f64>, rng: &mut StdRng) -> usize {
+fn sample(
+    row: &[f32],
+    temperature: f64,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    rng: &mut StdRng,
+) -> usize {
     let mut idx: Vec<usize> = (0..row.len()).filter(|&i| row[i].is_finite()).collect();
     if idx.is_empty() {
         return argmax(row);
@@ -224,11 +239,12 @@ impl Stepper<'_> {
         let flat_mask: Vec<i64> = self.mask.iter().flatten().copied().collect();
         let width = self.mask[0].len();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(flat_ids, [rows, t]), &self.device);
-        let mask = Tensor::<2, Int>::from_data(TensorData::new(flat_mask, [rows, width]), &self.device);
+        let mask =
+            Tensor::<2, Int>::from_data(TensorData::new(flat_mask, [rows, width]), &self.device);
         let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [rows, t]), &self.device);
-        let (logits, cache) = self
-            .model
-            .forward_cached(ids, Some(mask), Some(pos), self.cache.take())?;
+        let (logits, cache) =
+            self.model
+                .forward_cached(ids, Some(mask), Some(pos), self.cache.take())?;
         self.cache = Some(cache);
         let [_, _, v] = logits.dims();
         let last = logits.narrow(1, t - 1, 1).reshape([rows, v]);
@@ -262,10 +278,17 @@ impl Gpt2LmHeadModel {
     ///
     /// The model should be in inference mode (`model.valid()`, or built on a device without
     /// autodiff) so dropout is off.
-    pub fn generate(&self, prompts: &[Vec<u32>], config: &GenerationConfig, device: &Device) -> Result<Generation> {
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+        device: &Device,
+    ) -> Result<Generation> {
         config.validate()?;
         if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-            return Err(ModelError::InvalidInput("every prompt needs at least one token".into()));
+            return Err(ModelError::InvalidInput(
+                "every prompt needs at least one token".into(),
+            ));
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if longest + config.max_new_tokens > self.transformer.n_positions {
@@ -275,16 +298,35 @@ impl Gpt2LmHeadModel {
             });
         }
         match &config.decoding {
-            Decoding::Beam { num_beams, length_penalty, early_stopping } => {
-                self.beam_search(prompts, config, *num_beams, *length_penalty, *early_stopping, device)
-            }
+            Decoding::Beam {
+                num_beams,
+                length_penalty,
+                early_stopping,
+            } => self.beam_search(
+                prompts,
+                config,
+                *num_beams,
+                *length_penalty,
+                *early_stopping,
+                device,
+            ),
             _ => self.sample_or_greedy(prompts, config, device),
         }
     }
 
-    fn sample_or_greedy(&self, prompts: &[Vec<u32>], config: &GenerationConfig, device: &Device) -> Result<Generation> {
+    fn sample_or_greedy(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+        device: &Device,
+    ) -> Result<Generation> {
         let (ids, mask) = left_pad(prompts, config.pad_token_id);
-        let mut st = Stepper { model: self, device: device.clone(), mask, cache: None };
+        let mut st = Stepper {
+            model: self,
+            device: device.clone(),
+            mask,
+            cache: None,
+        };
         let mut rng = match config.decoding {
             Decoding::Sample { seed, .. } => StdRng::seed_from_u64(seed),
             _ => StdRng::seed_from_u64(0),
@@ -306,9 +348,12 @@ impl Gpt2LmHeadModel {
                 let mut row = logits[i].clone();
                 ban_repeated_ngrams(&seqs[i], config.no_repeat_ngram_size, &mut row);
                 let tok = match &config.decoding {
-                    Decoding::Sample { temperature, top_k, top_p, .. } => {
-                        sample(&row, *temperature, *top_k, *top_p, &mut rng)
-                    }
+                    Decoding::Sample {
+                        temperature,
+                        top_k,
+                        top_p,
+                        ..
+                    } => sample(&row, *temperature, *top_k, *top_p, &mut rng),
                     _ => argmax(&row),
                 } as u32;
                 out[i].push(tok);
@@ -324,7 +369,11 @@ impl Gpt2LmHeadModel {
             logits = st.step(&next)?;
         }
         let scores = lps.iter().map(|l| l.iter().sum()).collect();
-        Ok(Generation { tokens: out, logprobs: lps, scores })
+        Ok(Generation {
+            tokens: out,
+            logprobs: lps,
+            scores,
+        })
     }
 
     fn beam_search(
@@ -438,10 +487,17 @@ impl Gpt2LmHeadModel {
             }
             st.reorder(&parents);
             st.extend_mask();
-            let last: Vec<Vec<u32>> = beams.iter().map(|bm| vec![*bm.new.last().unwrap_or(&0)]).collect();
+            let last: Vec<Vec<u32>> = beams
+                .iter()
+                .map(|bm| vec![*bm.new.last().unwrap_or(&0)])
+                .collect();
             logits = st.step(&last)?;
         }
-        let mut out = Generation { tokens: Vec::new(), logprobs: Vec::new(), scores: Vec::new() };
+        let mut out = Generation {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            scores: Vec::new(),
+        };
         for b in 0..n {
             let mut pool = finished[b].clone();
             if !closed[b] {
@@ -451,10 +507,9 @@ impl Gpt2LmHeadModel {
                 }
             }
             pool.sort_by(|a, c| c.0.total_cmp(&a.0));
-            let (score, best) = pool
-                .into_iter()
-                .next()
-                .ok_or_else(|| ModelError::InvalidInput("beam search produced no hypothesis".into()))?;
+            let (score, best) = pool.into_iter().next().ok_or_else(|| {
+                ModelError::InvalidInput("beam search produced no hypothesis".into())
+            })?;
             out.tokens.push(best.new);
             out.logprobs.push(best.lps);
             out.scores.push(score as f32);

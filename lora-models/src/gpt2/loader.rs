@@ -31,7 +31,13 @@ pub fn normalize_keys(
         out.insert(format!("transformer.{k}"), v);
     }
     if !out.contains_key("transformer.wte.weight") {
-        let foreign = ["bert.", "roberta.", "encoder.layer", "model.layers", "gpt_neox."];
+        let foreign = [
+            "bert.",
+            "roberta.",
+            "encoder.layer",
+            "model.layers",
+            "gpt_neox.",
+        ];
         let hint = out
             .keys()
             .find_map(|k| foreign.iter().find(|f| k.contains(*f)))

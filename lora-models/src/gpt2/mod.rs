@@ -22,7 +22,7 @@ mod lora;
 mod model;
 
 pub use config::{Activation, Gpt2Config};
-pub use generate::{Decoding, GenerationConfig, Generation};
+pub use generate::{Decoding, Generation, GenerationConfig};
 pub use loader::normalize_keys;
 pub use lora::{CAttnMode, default_targets, inject_gpt2_lora};
 pub use model::{

@@ -101,7 +101,9 @@ impl Gpt2Attention {
             k = Tensor::cat(vec![c.k, k], 2);
             v = Tensor::cat(vec![c.v, v], 2);
         }
-        let scores = q.matmul(k.clone().swap_dims(2, 3)).mul_scalar(self.score_scale);
+        let scores = q
+            .matmul(k.clone().swap_dims(2, 3))
+            .mul_scalar(self.score_scale);
         // A large finite negative keeps fully masked rows (left padding) free of NaN.
         let scores = scores.mask_fill(mask, -1e9);
         let probs = self.attn_dropout.forward(softmax(scores, 3));
@@ -345,7 +347,11 @@ impl Gpt2LmHeadModel {
     ///
     /// Positions are `0..seq` as in Hugging Face's forward; pass them explicitly through
     /// [`forward_cached`](Self::forward_cached) for left-padded generation.
-    pub fn forward(&self, ids: Tensor<2, Int>, attention_mask: Option<Tensor<2, Int>>) -> Result<Tensor<3>> {
+    pub fn forward(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+    ) -> Result<Tensor<3>> {
         Ok(self.forward_cached(ids, attention_mask, None, None)?.0)
     }
 
@@ -365,7 +371,11 @@ impl Gpt2LmHeadModel {
             .transformer
             .forward(ids, attention_mask, position_ids, cache)?;
         // Tied head: the same table as the input embedding (with its LoRA update, if any).
-        let logits = linear(hidden, self.transformer.wte.effective_weight().transpose(), None);
+        let logits = linear(
+            hidden,
+            self.transformer.wte.effective_weight().transpose(),
+            None,
+        );
         Ok((logits, cache))
     }
 }

@@ -104,10 +104,16 @@ impl Tiny {
 
     /// The base weights of the fixture (`tiny/base_model.safetensors`, PyTorch names).
     pub fn from_fixture(device: &Device) -> Self {
-        let (m, report) =
-            lora_core::load_state_dict(Self::new(device), load("core/tiny/base_model.safetensors"), false)
-                .expect("base weights load");
-        assert!(report.missing.is_empty() && report.unused.is_empty(), "{report:?}");
+        let (m, report) = lora_core::load_state_dict(
+            Self::new(device),
+            load("core/tiny/base_model.safetensors"),
+            false,
+        )
+        .expect("base weights load");
+        assert!(
+            report.missing.is_empty() && report.unused.is_empty(),
+            "{report:?}"
+        );
         m
     }
 
@@ -116,7 +122,9 @@ impl Tiny {
         let mut h = self.emb.forward(ids);
         for l in &self.encoder.layers {
             let a = l.q.forward(h.clone()) + l.v.forward(h.clone());
-            let f = l.out.forward(burn::tensor::activation::gelu(l.fc.forward(a)));
+            let f = l
+                .out
+                .forward(burn::tensor::activation::gelu(l.fc.forward(a)));
             h = l.norm.forward(h + f);
         }
         let pooled: Tensor<2> = h.mean_dim(1).squeeze_dim(1);

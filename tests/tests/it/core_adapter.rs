@@ -65,12 +65,18 @@ fn our_adapter_reloads_bit_identically() {
     k2.sort();
     assert_eq!(k1, k2, "same keys as PEFT's file");
     for (k, t) in &peft {
-        assert_eq!(&ours[k], t, "{k}: values survive a load/save round trip exactly");
+        assert_eq!(
+            &ours[k], t,
+            "{k}: values survive a load/save round trip exactly"
+        );
     }
     let bytes = std::fs::read(dir.path().join(ADAPTER_FILE)).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     assert_eq!(
-        meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str),
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
         Some("pt")
     );
 
@@ -110,7 +116,9 @@ fn write_tensors(dir: &Path, tensors: &[(String, lora_core::io::HostTensor)]) {
 }
 
 fn peft_tensors() -> Vec<(String, lora_core::io::HostTensor)> {
-    let mut t: Vec<_> = load(&format!("{PEFT_DIR}/{ADAPTER_FILE}")).into_iter().collect();
+    let mut t: Vec<_> = load(&format!("{PEFT_DIR}/{ADAPTER_FILE}"))
+        .into_iter()
+        .collect();
     t.sort_by(|a, b| a.0.cmp(&b.0));
     t
 }
@@ -129,17 +137,30 @@ fn bad_adapter_files_are_typed_errors() {
     copy_peft_dir(dir.path());
     let full = std::fs::read(dir.path().join(ADAPTER_FILE)).unwrap();
     std::fs::write(dir.path().join(ADAPTER_FILE), &full[..full.len() / 2]).unwrap();
-    assert!(matches!(try_load(dir.path()), Err(LoraError::Safetensors { .. })));
+    assert!(matches!(
+        try_load(dir.path()),
+        Err(LoraError::Safetensors { .. })
+    ));
 
     // Garbage.
-    std::fs::write(dir.path().join(ADAPTER_FILE), b"not a safetensors file at all").unwrap();
-    assert!(matches!(try_load(dir.path()), Err(LoraError::Safetensors { .. })));
+    std::fs::write(
+        dir.path().join(ADAPTER_FILE),
+        b"not a safetensors file at all",
+    )
+    .unwrap();
+    assert!(matches!(
+        try_load(dir.path()),
+        Err(LoraError::Safetensors { .. })
+    ));
 
     // Wrong shape: names the key.
     let mut t = peft_tensors();
     let key = "base_model.model.encoder.layers.0.q.lora_A.weight".to_string();
     let i = t.iter().position(|(k, _)| *k == key).unwrap();
-    t[i].1 = lora_core::io::HostTensor { shape: vec![3, 8], data: vec![0.0; 24] };
+    t[i].1 = lora_core::io::HostTensor {
+        shape: vec![3, 8],
+        data: vec![0.0; 24],
+    };
     write_tensors(dir.path(), &t);
     match try_load(dir.path()) {
         Err(LoraError::ShapeMismatch { key: k, .. }) => assert_eq!(k, key),
@@ -148,7 +169,10 @@ fn bad_adapter_files_are_typed_errors() {
 
     // Unknown key: names it.
     let mut t = peft_tensors();
-    t.push(("base_model.model.encoder.layers.0.nope.weight".into(), t[0].1.clone()));
+    t.push((
+        "base_model.model.encoder.layers.0.nope.weight".into(),
+        t[0].1.clone(),
+    ));
     write_tensors(dir.path(), &t);
     match try_load(dir.path()) {
         Err(e @ LoraError::UnexpectedTensor { .. }) => assert!(e.to_string().contains("nope")),
@@ -156,24 +180,47 @@ fn bad_adapter_files_are_typed_errors() {
     }
 
     // Missing tensor.
-    let t: Vec<_> = peft_tensors().into_iter().filter(|(k, _)| !k.contains("layers.1.v.lora_B")).collect();
+    let t: Vec<_> = peft_tensors()
+        .into_iter()
+        .filter(|(k, _)| !k.contains("layers.1.v.lora_B"))
+        .collect();
     write_tensors(dir.path(), &t);
-    assert!(matches!(try_load(dir.path()), Err(LoraError::MissingTensor { .. })));
+    assert!(matches!(
+        try_load(dir.path()),
+        Err(LoraError::MissingTensor { .. })
+    ));
 
     // LoRA factors for a module the config does not target (e.g. an unsupported variant).
     let mut t = peft_tensors();
-    t.push(("base_model.model.encoder.layers.0.fc.lora_A.weight".into(), t[0].1.clone()));
+    t.push((
+        "base_model.model.encoder.layers.0.fc.lora_A.weight".into(),
+        t[0].1.clone(),
+    ));
     write_tensors(dir.path(), &t);
-    assert!(matches!(try_load(dir.path()), Err(LoraError::UnexpectedTensor { .. })));
+    assert!(matches!(
+        try_load(dir.path()),
+        Err(LoraError::UnexpectedTensor { .. })
+    ));
 
     // Unsupported feature in the config.
     write_tensors(dir.path(), &peft_tensors());
     let cfg = std::fs::read_to_string(fixture(PEFT_DIR).join(CONFIG_FILE)).unwrap();
-    std::fs::write(dir.path().join(CONFIG_FILE), cfg.replace("\"use_dora\": false", "\"use_dora\": true")).unwrap();
-    assert!(matches!(try_load(dir.path()), Err(LoraError::Unsupported(_))));
+    std::fs::write(
+        dir.path().join(CONFIG_FILE),
+        cfg.replace("\"use_dora\": false", "\"use_dora\": true"),
+    )
+    .unwrap();
+    assert!(matches!(
+        try_load(dir.path()),
+        Err(LoraError::Unsupported(_))
+    ));
 
     // Malformed JSON.
-    std::fs::write(dir.path().join(CONFIG_FILE), "{\"peft_type\": \"LORA\", \"r\": ").unwrap();
+    std::fs::write(
+        dir.path().join(CONFIG_FILE),
+        "{\"peft_type\": \"LORA\", \"r\": ",
+    )
+    .unwrap();
     assert!(matches!(try_load(dir.path()), Err(LoraError::Json { .. })));
 }
 
@@ -182,19 +229,37 @@ fn invalid_config_values_are_errors() {
     let bad = [
         (r#"{"peft_type":"LORA","r":0}"#, "r"),
         (r#"{"peft_type":"LORA","lora_dropout":1.0}"#, "lora_dropout"),
-        (r#"{"peft_type":"LORA","lora_dropout":-0.1}"#, "lora_dropout"),
-        (r#"{"peft_type":"LORA","rank_pattern":{"q":0}}"#, "rank_pattern"),
-        (r#"{"peft_type":"LORA","target_modules":"(unclosed"}"#, "target_modules"),
-        (r#"{"peft_type":"LORA","target_modules":"q","layers_to_transform":[0]}"#, "layers_to_transform"),
+        (
+            r#"{"peft_type":"LORA","lora_dropout":-0.1}"#,
+            "lora_dropout",
+        ),
+        (
+            r#"{"peft_type":"LORA","rank_pattern":{"q":0}}"#,
+            "rank_pattern",
+        ),
+        (
+            r#"{"peft_type":"LORA","target_modules":"(unclosed"}"#,
+            "target_modules",
+        ),
+        (
+            r#"{"peft_type":"LORA","target_modules":"q","layers_to_transform":[0]}"#,
+            "layers_to_transform",
+        ),
         (r#"{"peft_type":"LORA","bias":"some"}"#, "bias"),
-        (r#"{"peft_type":"LORA","init_lora_weights":"pissa"}"#, "init_lora_weights"),
+        (
+            r#"{"peft_type":"LORA","init_lora_weights":"pissa"}"#,
+            "init_lora_weights",
+        ),
         (r#"{"peft_type":"PREFIX_TUNING"}"#, "peft_type"),
         (r#"{"r":4}"#, "peft_type"),
         (r#"{"peft_type":"LORA","r":-3}"#, "r"),
     ];
     for (json, field) in bad {
         let err = LoraConfig::from_json(json).expect_err(json);
-        assert!(err.to_string().contains(field), "{json}: `{err}` should mention {field}");
+        assert!(
+            err.to_string().contains(field),
+            "{json}: `{err}` should mention {field}"
+        );
     }
     let mut c = LoraConfig::new(4, f64::NAN, &["q"]);
     assert!(c.validate().is_err());

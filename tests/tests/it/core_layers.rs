@@ -32,7 +32,8 @@ fn zero_b_gives_the_base_output() {
         let x = Tensor::<3>::random([2, 3, 12], Distribution::Normal(0.0, 1.0), &device);
         let base = host(linear.forward(x.clone()));
         let mut lora = LoraLinear::from_linear(linear);
-        lora.add_adapter("default", &spec(4, 8.0, InitLoraWeights::Default)).unwrap();
+        lora.add_adapter("default", &spec(4, 8.0, InitLoraWeights::Default))
+            .unwrap();
         let out = host(lora.forward(x));
         // B = 0 makes the adapter branch exactly zero: identical bits, not just close.
         assert_eq!(out, base, "{name}: B = 0 must leave the output unchanged");
@@ -44,7 +45,8 @@ fn factored_equals_merged_and_merge_is_invertible() {
     for (name, device) in devices() {
         device.seed(11);
         let mut lora = LoraLinear::from_linear(LinearConfig::new(16, 24).init(&device));
-        lora.add_adapter("default", &spec(4, 8.0, InitLoraWeights::Random)).unwrap();
+        lora.add_adapter("default", &spec(4, 8.0, InitLoraWeights::Random))
+            .unwrap();
         let x = Tensor::<2>::random([5, 16], Distribution::Normal(0.0, 1.0), &device);
         let w0 = host(lora.weight.val());
         let factored = host(lora.forward(x.clone()));
@@ -52,17 +54,41 @@ fn factored_equals_merged_and_merge_is_invertible() {
         lora.merge("default").unwrap();
         let merged_w = host(lora.weight.val());
         let merged = host(lora.forward(x.clone()));
-        assert_close(&format!("{name}: factored vs merged"), &factored, &merged, 1e-5);
+        assert_close(
+            &format!("{name}: factored vs merged"),
+            &factored,
+            &merged,
+            1e-5,
+        );
         assert_ne!(merged_w, w0, "{name}: merge must change the weight");
 
         lora.merge("default").unwrap();
-        assert_eq!(host(lora.weight.val()), merged_w, "{name}: second merge is a no-op");
+        assert_eq!(
+            host(lora.weight.val()),
+            merged_w,
+            "{name}: second merge is a no-op"
+        );
 
         lora.unmerge("default").unwrap();
-        assert_close(&format!("{name}: unmerge restores W0"), &host(lora.weight.val()), &w0, 1e-6);
+        assert_close(
+            &format!("{name}: unmerge restores W0"),
+            &host(lora.weight.val()),
+            &w0,
+            1e-6,
+        );
         lora.unmerge("default").unwrap();
-        assert_close(&format!("{name}: second unmerge no-op"), &host(lora.weight.val()), &w0, 1e-6);
-        assert_close(&format!("{name}: unmerged forward"), &host(lora.forward(x)), &factored, 1e-5);
+        assert_close(
+            &format!("{name}: second unmerge no-op"),
+            &host(lora.weight.val()),
+            &w0,
+            1e-6,
+        );
+        assert_close(
+            &format!("{name}: unmerged forward"),
+            &host(lora.forward(x)),
+            &factored,
+            1e-5,
+        );
     }
 }
 
@@ -74,8 +100,10 @@ fn adapters_can_be_switched_disabled_and_deleted() {
     let x = Tensor::<2>::random([3, 6], Distribution::Normal(0.0, 1.0), &device);
     let base = host(linear.forward(x.clone()));
     let mut l = LoraLinear::from_linear(linear);
-    l.add_adapter("a", &spec(2, 2.0, InitLoraWeights::Random)).unwrap();
-    l.add_adapter("b", &spec(3, 3.0, InitLoraWeights::Random)).unwrap();
+    l.add_adapter("a", &spec(2, 2.0, InitLoraWeights::Random))
+        .unwrap();
+    l.add_adapter("b", &spec(3, 3.0, InitLoraWeights::Random))
+        .unwrap();
     let both = host(l.forward(x.clone()));
     l.set_active(&["a".into()]).unwrap();
     let only_a = host(l.forward(x.clone()));
@@ -102,7 +130,10 @@ fn linear_matches_peft_output_and_gradients() {
         let get = |k: &str| f[&format!("{tag}.{k}")].clone();
         for (name, device) in devices() {
             let device = device.autodiff();
-            let weight = get("weight").transposed().to_tensor::<2>(&device, "w").unwrap();
+            let weight = get("weight")
+                .transposed()
+                .to_tensor::<2>(&device, "w")
+                .unwrap();
             let bias = get("bias").to_tensor::<1>(&device, "b").unwrap();
             let mut lora = LoraLinear::from_linear(Linear {
                 weight: Param::from_tensor(weight).set_require_grad(false),
@@ -110,23 +141,54 @@ fn linear_matches_peft_output_and_gradients() {
             });
             let r = 3;
             let scale = lora_core::config::scale(6.0, r, rslora);
-            lora.add_adapter("default", &AdapterSpec { scale, ..spec(r, 6.0, InitLoraWeights::Default) })
+            lora.add_adapter(
+                "default",
+                &AdapterSpec {
+                    scale,
+                    ..spec(r, 6.0, InitLoraWeights::Default)
+                },
+            )
+            .unwrap();
+            let a = get("lora_A")
+                .transposed()
+                .to_tensor::<2>(&device, "a")
                 .unwrap();
-            let a = get("lora_A").transposed().to_tensor::<2>(&device, "a").unwrap();
-            let b = get("lora_B").transposed().to_tensor::<2>(&device, "b").unwrap();
-            lora.set_factors("default", Factors { a, b, scale }, "fixture").unwrap();
+            let b = get("lora_B")
+                .transposed()
+                .to_tensor::<2>(&device, "b")
+                .unwrap();
+            lora.set_factors("default", Factors { a, b, scale }, "fixture")
+                .unwrap();
 
             let x = get("x").to_tensor::<3>(&device, "x").unwrap();
             let y = lora.forward(x);
-            assert_close(&format!("{name}/{tag}: output"), &host(y.clone()), &get("y"), 1e-5);
+            assert_close(
+                &format!("{name}/{tag}: output"),
+                &host(y.clone()),
+                &get("y"),
+                1e-5,
+            );
             let upstream = get("upstream").to_tensor::<3>(&device, "g").unwrap();
             let grads = (y * upstream).sum().backward();
             let ad = &lora.adapters[0];
             let ga = ad.lora_a.val().grad(&grads).expect("A has a gradient");
             let gb = ad.lora_b[0].val().grad(&grads).expect("B has a gradient");
-            assert_close(&format!("{name}/{tag}: dA"), &host(ga), &get("grad_A").transposed(), 1e-5);
-            assert_close(&format!("{name}/{tag}: dB"), &host(gb), &get("grad_B").transposed(), 1e-5);
-            assert!(lora.weight.val().grad(&grads).is_none(), "frozen W0 gets no gradient");
+            assert_close(
+                &format!("{name}/{tag}: dA"),
+                &host(ga),
+                &get("grad_A").transposed(),
+                1e-5,
+            );
+            assert_close(
+                &format!("{name}/{tag}: dB"),
+                &host(gb),
+                &get("grad_B").transposed(),
+                1e-5,
+            );
+            assert!(
+                lora.weight.val().grad(&grads).is_none(),
+                "frozen W0 gets no gradient"
+            );
         }
     }
 }
@@ -140,18 +202,43 @@ fn embedding_matches_peft_output_and_gradients() {
         let mut e = lora_core::LoraEmbedding::from_embedding(burn::nn::Embedding {
             weight: Param::from_tensor(weight).set_require_grad(false),
         });
-        e.add_adapter("default", &spec(2, 4.0, InitLoraWeights::Default)).unwrap();
-        let a = f["lora_embedding_A"].transposed().to_tensor::<2>(&device, "a").unwrap();
-        let b = f["lora_embedding_B"].transposed().to_tensor::<2>(&device, "b").unwrap();
-        e.set_factors("default", Factors { a, b, scale: 2.0 }, "fixture").unwrap();
+        e.add_adapter("default", &spec(2, 4.0, InitLoraWeights::Default))
+            .unwrap();
+        let a = f["lora_embedding_A"]
+            .transposed()
+            .to_tensor::<2>(&device, "a")
+            .unwrap();
+        let b = f["lora_embedding_B"]
+            .transposed()
+            .to_tensor::<2>(&device, "b")
+            .unwrap();
+        e.set_factors("default", Factors { a, b, scale: 2.0 }, "fixture")
+            .unwrap();
         let y = e.forward(ids(&f["ids"], &device));
-        assert_close(&format!("{name}: embedding output"), &host(y.clone()), &f["y"], 1e-5);
-        let grads = (y * f["upstream"].to_tensor::<3>(&device, "g").unwrap()).sum().backward();
+        assert_close(
+            &format!("{name}: embedding output"),
+            &host(y.clone()),
+            &f["y"],
+            1e-5,
+        );
+        let grads = (y * f["upstream"].to_tensor::<3>(&device, "g").unwrap())
+            .sum()
+            .backward();
         let ad = &e.adapters[0];
         let ga = ad.lora_embedding_a.val().grad(&grads).unwrap();
         let gb = ad.lora_embedding_b.val().grad(&grads).unwrap();
-        assert_close(&format!("{name}: dA"), &host(ga), &f["grad_A"].transposed(), 1e-5);
-        assert_close(&format!("{name}: dB"), &host(gb), &f["grad_B"].transposed(), 1e-5);
+        assert_close(
+            &format!("{name}: dA"),
+            &host(ga),
+            &f["grad_A"].transposed(),
+            1e-5,
+        );
+        assert_close(
+            &format!("{name}: dB"),
+            &host(gb),
+            &f["grad_B"].transposed(),
+            1e-5,
+        );
     }
 }
 
@@ -208,13 +295,27 @@ fn matches_burn_builtin_lora() {
         let a = m.a.expect("built-in A found").detach();
 
         let mut ours = LoraLinear::from_linear(linear.no_grad());
-        ours.add_adapter("default", &spec(r, 6.0, InitLoraWeights::Default)).unwrap();
-        ours.set_factors("default", Factors { a: a.clone(), b: b.clone(), scale: 2.0 }, "t")
+        ours.add_adapter("default", &spec(r, 6.0, InitLoraWeights::Default))
             .unwrap();
+        ours.set_factors(
+            "default",
+            Factors {
+                a: a.clone(),
+                b: b.clone(),
+                scale: 2.0,
+            },
+            "t",
+        )
+        .unwrap();
 
         let y_builtin = builtin.forward(x.clone());
         let y_ours = ours.forward(x);
-        assert_close(&format!("{name}: output"), &host(y_ours.clone()), &host(y_builtin.clone()), 1e-5);
+        assert_close(
+            &format!("{name}: output"),
+            &host(y_ours.clone()),
+            &host(y_builtin.clone()),
+            1e-5,
+        );
 
         let g_b = (y_builtin * upstream.clone()).sum().backward();
         let g_o = (y_ours * upstream).sum().backward();
@@ -227,8 +328,18 @@ fn matches_burn_builtin_lora() {
         let gb_builtin: Tensor<2> = grads_builtin.get(adapter.b.id).unwrap();
         let ga_ours: Tensor<2> = grads_ours.get(ours.adapters[0].lora_a.id).unwrap();
         let gb_ours: Tensor<2> = grads_ours.get(ours.adapters[0].lora_b[0].id).unwrap();
-        assert_close(&format!("{name}: dA"), &host(ga_ours), &host(ga_builtin), 1e-5);
-        assert_close(&format!("{name}: dB"), &host(gb_ours), &host(gb_builtin), 1e-5);
+        assert_close(
+            &format!("{name}: dA"),
+            &host(ga_ours),
+            &host(ga_builtin),
+            1e-5,
+        );
+        assert_close(
+            &format!("{name}: dB"),
+            &host(gb_ours),
+            &host(gb_builtin),
+            1e-5,
+        );
     }
 }
 
@@ -274,7 +385,11 @@ fn only_selected_parameters_train() {
             assert_eq!(grads.len(), 4 * 2 + 4 + 2, "{name}: gradient count");
             model = optim.step(1e-2, model, grads);
         }
-        assert_eq!(optim.to_record().len(), 2 * (4 * 2 + 4 + 2), "{name}: AdamW moments only for trainable params");
+        assert_eq!(
+            optim.to_record().len(),
+            2 * (4 * 2 + 4 + 2),
+            "{name}: AdamW moments only for trainable params"
+        );
         let after = param_values(&model);
         let trains = |p: &str| {
             p.contains(".adapters.")
@@ -302,11 +417,19 @@ fn model_level_merge_matches_unmerged() {
     let base = host(model.forward(ids.clone()));
     let mut model = inject_adapter(model, &config, "default").unwrap();
     let unmerged = host(model.forward(ids.clone()));
-    assert!(crate::common::max_diff(&unmerged, &base) > 1e-3, "random B changes the output");
+    assert!(
+        crate::common::max_diff(&unmerged, &base) > 1e-3,
+        "random B changes the output"
+    );
     model.merge_active().unwrap();
     assert_close("merged", &host(model.forward(ids.clone())), &unmerged, 1e-5);
     model.unmerge_all().unwrap();
-    assert_close("unmerged again", &host(model.forward(ids.clone())), &unmerged, 1e-5);
+    assert_close(
+        "unmerged again",
+        &host(model.forward(ids.clone())),
+        &unmerged,
+        1e-5,
+    );
     model.merge_active().unwrap();
     // Disabling unmerges and switches every adapter off: the base model's output again.
     model.set_adapters_disabled(true).unwrap();

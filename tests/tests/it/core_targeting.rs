@@ -21,7 +21,15 @@ fn targets_ranks_and_scales_match_peft() {
             .as_object()
             .unwrap()
             .iter()
-            .map(|(k, v)| (k.clone(), (v["r"].as_u64().unwrap() as usize, v["scaling"].as_f64().unwrap())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    (
+                        v["r"].as_u64().unwrap() as usize,
+                        v["scaling"].as_f64().unwrap(),
+                    ),
+                )
+            })
             .collect();
         let selected = select_targets(&Tiny::new(&device), &config).unwrap();
         let mut ours = BTreeMap::new();
@@ -77,14 +85,16 @@ fn injecting_twice_under_one_name_is_an_error() {
 #[test]
 fn report_counts_like_peft() {
     let peft: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("core/report.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("core/report.json")).unwrap())
+            .unwrap();
     let device = Device::flex();
     let config = LoraConfig::new(4, 8.0, &["q", "v"]).with_modules_to_save(&["head"]);
     let model = inject_adapter(Tiny::new(&device), &config, "default").unwrap();
     let report = lora_core::ParamReport::new(&model, &config);
     assert_eq!(report.trainable as u64, peft["trainable"].as_u64().unwrap());
     // PEFT also counts the frozen original of each saved module; we keep no such copy.
-    let peft_all = peft["all"].as_u64().unwrap() - peft["duplicated_module_params"].as_u64().unwrap();
+    let peft_all =
+        peft["all"].as_u64().unwrap() - peft["duplicated_module_params"].as_u64().unwrap();
     assert_eq!(report.total as u64, peft_all);
     assert_eq!(report.lora_params(), 4 * (8 * 4 + 4 * 8));
     assert_eq!(
