@@ -8,3 +8,4 @@ mod core_layers;
 mod core_targeting;
 mod encoder;
 mod gpt2;
+mod train;

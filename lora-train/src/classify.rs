@@ -1,0 +1,133 @@
+//! Sequence classification and regression with the encoders of lora-models:
+//! [`TrainModel`] for [`RobertaForSequenceClassification`] and [`BertForSequenceClassification`]
+//! on [`TextBatch`]es with class or value targets, plus the two helpers any classifier can use.
+//!
+//! The data's classes must be the head's labels, in order: name them with
+//! [`Task::Classification`](crate::Task::Classification)`{ labels: Some(..) }` taken from the
+//! checkpoint's `id2label` when the file's labels are names. A one-label head is a regression
+//! head (MSE on its score, as transformers does).
+
+use burn::prelude::*;
+use lora_models::bert::{BertForSequenceClassification, RobertaForSequenceClassification};
+
+use crate::dataset::{BatchTargets, TextBatch};
+use crate::error::{Result, TrainError};
+use crate::model::{EvalOutput, LossOutput, Predictions, TrainModel, class_loss, mse_loss};
+
+/// The loss of a classification or regression head against the batch's targets: cross-entropy
+/// for class targets, mean squared error for value targets (one-label head).
+///
+/// # Shapes
+/// - `logits`: `[batch, num_labels]` → `[1]`
+pub fn head_loss(logits: Tensor<2>, batch: &TextBatch) -> Result<Tensor<1>> {
+    let [b, n] = logits.dims();
+    match &batch.targets {
+        BatchTargets::Classes {
+            labels,
+            num_classes,
+            ..
+        } => {
+            if n != *num_classes {
+                return Err(TrainError::Step(format!(
+                    "the head has {n} labels but the data has {num_classes} classes \
+                     (name the labels as the checkpoint's id2label, or load with num_labels = {num_classes})"
+                )));
+            }
+            Ok(class_loss(logits, labels.clone()))
+        }
+        BatchTargets::Values { values, .. } => {
+            if n != 1 {
+                return Err(TrainError::Step(format!(
+                    "regression data needs a one-label head, this one has {n} labels"
+                )));
+            }
+            Ok(mse_loss(logits.reshape([b]), values.clone()))
+        }
+        BatchTargets::Tokens { .. } => Err(TrainError::Step(
+            "a sequence classifier cannot learn token targets (use causal-LM data with GPT-2)"
+                .into(),
+        )),
+    }
+}
+
+/// Arg-max classes or regression scores of a head, with the batch's gold values.
+///
+/// # Shapes
+/// - `logits`: `[batch, num_labels]`
+pub fn head_predictions(logits: Tensor<2>, batch: &TextBatch) -> Result<Predictions> {
+    let [b, _] = logits.dims();
+    match &batch.targets {
+        BatchTargets::Classes { gold, .. } => Predictions::from_logits(logits, gold.clone()),
+        BatchTargets::Values { gold, .. } => {
+            Predictions::from_scores(logits.reshape([b]), gold.clone())
+        }
+        BatchTargets::Tokens { .. } => Err(TrainError::Step(
+            "a sequence classifier cannot predict token targets".into(),
+        )),
+    }
+}
+
+fn eval(logits: Tensor<2>, batch: &TextBatch) -> Result<EvalOutput> {
+    let loss = head_loss(logits.clone(), batch)?;
+    Ok(EvalOutput {
+        loss,
+        count: batch.len(),
+        predictions: head_predictions(logits, batch)?,
+    })
+}
+
+impl TrainModel for RobertaForSequenceClassification {
+    type Batch = TextBatch;
+
+    /// Mean head loss over the examples.
+    ///
+    /// # Shapes
+    /// - `batch.input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`
+    /// - logits (internal): `[batch, num_labels]`; loss `[1]`
+    fn train_step(&self, batch: &TextBatch) -> Result<LossOutput> {
+        let logits = self.forward(
+            batch.input_ids.clone(),
+            Some(batch.attention_mask.clone()),
+            Some(batch.token_type_ids.clone()),
+        )?;
+        Ok(LossOutput::new(head_loss(logits, batch)?, batch.len()))
+    }
+
+    /// Loss and predictions (accuracy/F1/MCC, or Pearson/Spearman for regression).
+    fn eval_step(&self, batch: &TextBatch) -> Result<EvalOutput> {
+        let logits = self.forward(
+            batch.input_ids.clone(),
+            Some(batch.attention_mask.clone()),
+            Some(batch.token_type_ids.clone()),
+        )?;
+        eval(logits, batch)
+    }
+}
+
+impl TrainModel for BertForSequenceClassification {
+    type Batch = TextBatch;
+
+    /// Mean head loss over the examples.
+    ///
+    /// # Shapes
+    /// - `batch.input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`
+    /// - logits (internal): `[batch, num_labels]`; loss `[1]`
+    fn train_step(&self, batch: &TextBatch) -> Result<LossOutput> {
+        let logits = self.forward(
+            batch.input_ids.clone(),
+            Some(batch.attention_mask.clone()),
+            Some(batch.token_type_ids.clone()),
+        )?;
+        Ok(LossOutput::new(head_loss(logits, batch)?, batch.len()))
+    }
+
+    /// Loss and predictions (accuracy/F1/MCC, or Pearson/Spearman for regression).
+    fn eval_step(&self, batch: &TextBatch) -> Result<EvalOutput> {
+        let logits = self.forward(
+            batch.input_ids.clone(),
+            Some(batch.attention_mask.clone()),
+            Some(batch.token_type_ids.clone()),
+        )?;
+        eval(logits, batch)
+    }
+}

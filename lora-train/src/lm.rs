@@ -1,0 +1,41 @@
+//! GPT-2 causal-LM fine-tuning: [`TrainModel`] for [`Gpt2LmHeadModel`] on [`TextBatch`]es with
+//! token targets (prompt/completion, E2E or plain text data).
+
+use lora_models::gpt2::Gpt2LmHeadModel;
+use lora_models::loss::causal_lm_loss;
+
+use crate::dataset::TextBatch;
+use crate::error::{Result, TrainError};
+use crate::model::{EvalOutput, LossOutput, Predictions, TrainModel};
+
+impl TrainModel for Gpt2LmHeadModel {
+    type Batch = TextBatch;
+
+    /// Mean next-token cross-entropy over the completion tokens.
+    ///
+    /// # Shapes
+    /// - `batch.input_ids`, `batch.attention_mask`, token labels: `[batch, seq]`
+    /// - logits (internal): `[batch, seq, vocab]`
+    /// - loss: `[1]`, over `batch.num_targets` tokens
+    fn train_step(&self, batch: &TextBatch) -> Result<LossOutput> {
+        let labels = batch.token_labels()?;
+        if batch.num_targets == 0 {
+            return Err(TrainError::Step("the batch has no target token".into()));
+        }
+        let logits = self.forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))?;
+        Ok(LossOutput::new(
+            causal_lm_loss(logits, labels, 0.0),
+            batch.num_targets,
+        ))
+    }
+
+    /// The same loss without dropout; perplexity is derived from it.
+    fn eval_step(&self, batch: &TextBatch) -> Result<EvalOutput> {
+        let LossOutput { loss, count } = self.train_step(batch)?;
+        Ok(EvalOutput {
+            loss,
+            count,
+            predictions: Predictions::LanguageModel,
+        })
+    }
+}

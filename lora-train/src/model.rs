@@ -1,0 +1,237 @@
+//! What the trainer needs from a model and from a dataset: the [`TrainModel`] and
+//! [`BatchSource`] traits and the outputs of a step.
+
+use burn::module::Module;
+use burn::prelude::*;
+use lora_core::LoraSites;
+
+use crate::error::{Result, TrainError};
+
+/// A model the [`Trainer`](crate::Trainer) can fine-tune: a burn [`Module`] with LoRA sites
+/// (so its adapter can be saved in PEFT's format) that turns a batch into a loss.
+///
+/// Implement it for your model; [`lm`](crate::lm) implements it for GPT-2's causal LM. A
+/// sequence classifier implements it in a few lines with [`class_loss`] and
+/// [`Predictions::from_logits`]:
+///
+/// ```no_run
+/// use burn::nn::{Embedding, EmbeddingConfig};
+/// use burn::prelude::*;
+/// use lora_core::{LoraLinear, LoraLinearConfig, lora_sites};
+/// use lora_train::{EvalOutput, LossOutput, Predictions, TextBatch, TrainModel, class_loss};
+///
+/// /// Mean of the token embeddings, then a linear head.
+/// #[derive(Module, Debug)]
+/// struct BagOfWords {
+///     emb: Embedding,
+///     head: LoraLinear,
+/// }
+/// lora_sites!(BagOfWords { head });
+///
+/// impl BagOfWords {
+///     /// `[batch, seq]` ids → `[batch, classes]` logits.
+///     fn forward(&self, ids: Tensor<2, Int>) -> Tensor<2> {
+///         let pooled: Tensor<2> = self.emb.forward(ids).mean_dim(1).squeeze_dim(1);
+///         self.head.forward(pooled)
+///     }
+/// }
+///
+/// impl TrainModel for BagOfWords {
+///     type Batch = TextBatch;
+///
+///     fn train_step(&self, batch: &TextBatch) -> lora_train::Result<LossOutput> {
+///         let logits = self.forward(batch.input_ids.clone());
+///         Ok(LossOutput::new(class_loss(logits, batch.class_labels()?), batch.len()))
+///     }
+///
+///     fn eval_step(&self, batch: &TextBatch) -> lora_train::Result<EvalOutput> {
+///         let logits = self.forward(batch.input_ids.clone());
+///         let loss = class_loss(logits.clone(), batch.class_labels()?);
+///         let predictions = Predictions::from_logits(logits, batch.gold_classes()?.to_vec())?;
+///         Ok(EvalOutput { loss, count: batch.len(), predictions })
+///     }
+/// }
+/// # let device = Device::flex();
+/// # let _ = BagOfWords { emb: EmbeddingConfig::new(10, 4).init(&device), head: LoraLinearConfig::new(4, 2).init(&device) };
+/// ```
+pub trait TrainModel: Module + LoraSites {
+    /// The batch type the model consumes (e.g. [`TextBatch`](crate::TextBatch)).
+    type Batch;
+
+    /// Training forward pass (dropout active). The model's tensors are on an autodiff device.
+    ///
+    /// Returns the **mean** loss over [`LossOutput::count`] items (tokens for a language model,
+    /// examples for a classifier); the trainer weights micro-batches by that count, so
+    /// gradient accumulation gives exactly the gradient of the whole batch.
+    fn train_step(&self, batch: &Self::Batch) -> Result<LossOutput>;
+
+    /// Evaluation forward pass, on the model's `valid()` copy (no autodiff, no dropout):
+    /// the mean loss, its count, and what the metrics need.
+    fn eval_step(&self, batch: &Self::Batch) -> Result<EvalOutput>;
+}
+
+/// The loss of one training step.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// Mean loss, shape `[1]`.
+    pub loss: Tensor<1>,
+    /// How many items the mean is over (target tokens, or examples). Must be > 0.
+    pub count: usize,
+}
+
+impl LossOutput {
+    /// A mean loss `[1]` over `count` items.
+    pub fn new(loss: Tensor<1>, count: usize) -> Self {
+        Self { loss, count }
+    }
+}
+
+/// The result of one evaluation step.
+#[derive(Debug, Clone)]
+pub struct EvalOutput {
+    /// Mean loss, shape `[1]`.
+    pub loss: Tensor<1>,
+    /// How many items the mean is over (target tokens, or examples).
+    pub count: usize,
+    /// Predictions with their gold values, for the task's metrics.
+    pub predictions: Predictions,
+}
+
+/// What an evaluation step predicted, which decides the metrics reported:
+///
+/// | variant | metrics (besides `loss`) |
+/// |---|---|
+/// | [`LanguageModel`](Self::LanguageModel) | `perplexity` |
+/// | [`Classes`](Self::Classes) | `accuracy`, `f1` (binary: of class 1; else macro), `mcc` |
+/// | [`Values`](Self::Values) | `pearson`, `spearman` |
+/// | [`None`](Self::None) | — |
+#[derive(Debug, Clone, PartialEq)]
+pub enum Predictions {
+    /// Only the loss is meaningful.
+    None,
+    /// A language model: the loss is a per-token cross-entropy, so perplexity applies.
+    LanguageModel,
+    /// Class predictions and gold labels.
+    Classes {
+        /// Predicted class per example.
+        predicted: Vec<usize>,
+        /// Gold class per example.
+        gold: Vec<usize>,
+        /// Number of classes.
+        num_classes: usize,
+    },
+    /// Regression outputs and gold values.
+    Values {
+        /// Predicted value per example.
+        predicted: Vec<f64>,
+        /// Gold value per example.
+        gold: Vec<f64>,
+    },
+}
+
+impl Predictions {
+    /// Arg-max class predictions from logits.
+    ///
+    /// # Shapes
+    /// - `logits`: `[batch, num_classes]`; `gold`: `batch` labels
+    pub fn from_logits(logits: Tensor<2>, gold: Vec<usize>) -> Result<Self> {
+        let [b, num_classes] = logits.dims();
+        if b != gold.len() {
+            return Err(TrainError::Step(format!(
+                "{b} rows of logits for {} gold labels",
+                gold.len()
+            )));
+        }
+        let predicted: Tensor<1, Int> = logits.argmax(1).reshape([b]);
+        let predicted = int_values(predicted, "predictions")?
+            .into_iter()
+            .map(|v| v.max(0) as usize)
+            .collect();
+        Ok(Self::Classes {
+            predicted,
+            gold,
+            num_classes,
+        })
+    }
+
+    /// Regression predictions from scores.
+    ///
+    /// # Shapes
+    /// - `scores`: `[batch]`; `gold`: `batch` values
+    pub fn from_scores(scores: Tensor<1>, gold: Vec<f64>) -> Result<Self> {
+        let predicted = float_values(scores, "scores")?;
+        if predicted.len() != gold.len() {
+            return Err(TrainError::Step(format!(
+                "{} scores for {} gold values",
+                predicted.len(),
+                gold.len()
+            )));
+        }
+        Ok(Self::Values { predicted, gold })
+    }
+}
+
+/// Mean cross-entropy of class logits (PyTorch's `cross_entropy`).
+///
+/// # Shapes
+/// - `logits`: `[batch, num_classes]`, `labels`: `[batch]` → `[1]`
+pub fn class_loss(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    lora_models::loss::cross_entropy(logits, labels, 0.0)
+}
+
+/// Mean squared error (PyTorch's `mse_loss`, as Hugging Face uses for one-label regression).
+///
+/// # Shapes
+/// - `scores`, `targets`: `[batch]` → `[1]`
+pub fn mse_loss(scores: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
+    (scores - targets).powf_scalar(2.0).mean()
+}
+
+/// Reads a float tensor back to the host.
+pub(crate) fn float_values<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f64>> {
+    t.into_data()
+        .try_into_vec_as::<f64>()
+        .map_err(|e| TrainError::Data {
+            what: what.to_string(),
+            reason: format!("{e:?}"),
+        })
+}
+
+/// Reads an int tensor back to the host.
+pub(crate) fn int_values<const D: usize>(t: Tensor<D, Int>, what: &str) -> Result<Vec<i64>> {
+    t.into_data()
+        .try_into_vec_as::<i64>()
+        .map_err(|e| TrainError::Data {
+            what: what.to_string(),
+            reason: format!("{e:?}"),
+        })
+}
+
+/// A dataset the trainer draws batches from: indexable items, each with a length (for
+/// length-grouped batching and tokens/s), turned into a model batch on demand.
+///
+/// [`TextDataset`](crate::TextDataset) implements it with [`TextBatch`](crate::TextBatch).
+pub trait BatchSource {
+    /// The batch type it produces.
+    type Batch;
+
+    /// Number of items.
+    fn len(&self) -> usize;
+
+    /// Whether there is no item.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Length of item `index` in tokens (1 if the notion does not apply).
+    fn item_len(&self, index: usize) -> usize;
+
+    /// Builds the batch of the items at `indices` (in that order) on `device`.
+    fn batch(&self, indices: &[usize], device: &Device) -> Result<Self::Batch>;
+
+    /// A fingerprint of the contents: a checkpoint refuses to resume on different data.
+    /// `0` (the default) disables the check.
+    fn fingerprint(&self) -> u64 {
+        0
+    }
+}
