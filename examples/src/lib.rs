@@ -16,6 +16,9 @@ pub enum CliError {
     /// A LoRA error.
     #[error(transparent)]
     Lora(#[from] lora_core::LoraError),
+    /// A training error (data, checkpoints, non-finite loss).
+    #[error(transparent)]
+    Train(#[from] lora_train::TrainError),
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Message(String),

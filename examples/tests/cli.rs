@@ -105,3 +105,84 @@ fn bad_input_is_one_line_and_nonzero() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn train_then_eval_with_the_adapter() {
+    let out = tempfile::tempdir().unwrap();
+    let out_s = out.path().to_str().unwrap();
+    let common = [
+        "--model",
+        "fixtures/gpt2/tiny-a",
+        "--tokenizer",
+        "fixtures/gpt2/tokenizer",
+    ];
+    let mut args = vec!["train"];
+    args.extend(common);
+    args.extend([
+        "--data",
+        "fixtures/train/lm.jsonl",
+        "--out",
+        out_s,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--lr",
+        "1e-2",
+    ]);
+    let o = gpt2(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "metrics.jsonl",
+        "curves.png",
+        "run.json",
+    ] {
+        assert!(out.path().join(f).exists(), "{f} missing");
+    }
+    // A second fresh run into the same directory is refused without --overwrite.
+    let o = gpt2(&args);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{err}");
+    assert!(err.contains("--overwrite") || err.contains("overwrite"), "{err}");
+
+    let adapter = format!("{out_s}/adapter");
+    let eval = |with: bool| {
+        let mut a = vec!["eval"];
+        a.extend(common);
+        a.extend(["--data", "fixtures/train/lm.jsonl", "--json"]);
+        if with {
+            a.extend(["--adapter", adapter.as_str()]);
+        }
+        let o = gpt2(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["loss"].as_f64().unwrap()
+    };
+    let (base, tuned) = (eval(false), eval(true));
+    assert!(
+        tuned < base,
+        "training lowers the loss on its data: {base} -> {tuned}"
+    );
+
+    // Malformed data: one line naming the file and line.
+    let bad = out.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"prompt\": \"a\", \"completion\": \"b\"}\n{not json\n",
+    )
+    .unwrap();
+    let mut a = vec!["eval"];
+    a.extend(common);
+    let bad_s = bad.to_str().unwrap();
+    a.extend(["--data", bad_s]);
+    let o = gpt2(&a);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bad.jsonl") && err.contains('2'), "{err}");
+}

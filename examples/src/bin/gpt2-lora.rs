@@ -1,6 +1,8 @@
 //! `gpt2-lora`: LoRA for GPT-2 from the command line.
 //!
 //! ```text
+//! gpt2-lora train    --model DIR --data train.jsonl [--valid valid.jsonl] --out DIR
+//! gpt2-lora eval     --model DIR [--adapter DIR] --data valid.jsonl [--json]
 //! gpt2-lora info     --model DIR [--r 4 --alpha 32 --mode qv]
 //! gpt2-lora generate --model DIR [--adapter DIR] --prompt TEXT [--beams 10 ...] [--json]
 //! gpt2-lora merge    --model DIR --adapter DIR --out DIR
@@ -14,6 +16,10 @@ use lora_core::{LoraConfig, LoraModelExt, ParamReport, load_adapter};
 use lora_examples::{CliError, Result, device, model_dir, print_json};
 use lora_models::TextTokenizer;
 use lora_models::gpt2::{CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, inject_gpt2_lora};
+use lora_train::{
+    Columns, DataConfig, OptimizerConfig, Resume, ScheduleConfig, ScheduleKind, Trainer,
+    TrainerConfig, Warmup, load_text_datasets,
+};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +34,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune a LoRA adapter (defaults: the LoRA paper's GPT-2 / E2E setup).
+    Train(TrainArgs),
+    /// Loss and perplexity on a data file, with or without an adapter.
+    Eval(EvalArgs),
     /// Print the trainable-parameter report of a LoRA config on a model.
     Info(InfoArgs),
     /// Continue a prompt (greedy, sampling or beam search).
@@ -118,6 +128,120 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct DataArgs {
+    /// Tokenizer directory (tokenizer.json, or vocab.json + merges.txt); default: the model's.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Column with the prompt (JSONL/CSV/TSV); the loss is on the completion only.
+    #[arg(long, default_value = "prompt")]
+    prompt_column: String,
+    /// Column with the completion.
+    #[arg(long, default_value = "completion")]
+    completion_column: String,
+    /// The data is E2E-style `context||completion` in this column (`.txt`: any name).
+    #[arg(long)]
+    e2e_column: Option<String>,
+    /// Plain language modelling on this column (`.txt`: any name).
+    #[arg(long, conflicts_with = "e2e_column")]
+    text_column: Option<String>,
+    /// Maximum tokens per example (prompts are cut from the left).
+    #[arg(long, default_value_t = 128)]
+    max_length: usize,
+}
+
+impl DataArgs {
+    fn config(&self, validation_ratio: f64) -> DataConfig {
+        let columns = match (&self.e2e_column, &self.text_column) {
+            (Some(c), _) => Columns::e2e(c),
+            (_, Some(c)) => Columns::text(c),
+            _ => Columns::prompt_completion(&self.prompt_column, &self.completion_column),
+        };
+        DataConfig {
+            columns,
+            max_length: self.max_length,
+            validation_ratio,
+            ..DataConfig::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data_args: DataArgs,
+    /// Training data (.jsonl, .csv, .tsv or .txt).
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation data; default: 10% of --data held out.
+    #[arg(long)]
+    valid: Option<PathBuf>,
+    /// Output directory: adapter/, best/, checkpoint-*/, metrics.jsonl, curves.png, run.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 4)]
+    r: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 32.0)]
+    alpha: f64,
+    /// Dropout on the adapter input.
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f64,
+    /// Target modules, comma separated.
+    #[arg(long, default_value = "c_attn")]
+    targets: String,
+    /// How c_attn is adapted.
+    #[arg(long, value_enum, default_value_t = Mode::Qv)]
+    mode: Mode,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Linear-warmup steps.
+    #[arg(long, default_value_t = 500)]
+    warmup_steps: usize,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Passes over the data.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Stop after this many optimizer steps (overrides --epochs).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Seed of adapter init, data order and dropout.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Replace a previous run's checkpoints in --out.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data_args: DataArgs,
+    /// PEFT adapter directory to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Evaluation data.
+    #[arg(long)]
+    data: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct MergeArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -143,15 +267,99 @@ fn load(
     Ok((model, config, dir, device))
 }
 
+fn mode(m: Mode) -> CAttnMode {
+    match m {
+        Mode::Qv => CAttnMode::QueryValue,
+        Mode::Fused => CAttnMode::Fused,
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let (model, _, dir, device) = load(&a.model)?;
+    let tokenizer = TextTokenizer::from_dir(a.data_args.tokenizer.as_deref().unwrap_or(&dir))?;
+    let data = a
+        .data_args
+        .config(if a.valid.is_some() { 0.0 } else { 0.1 });
+    let (train_set, valid_set) =
+        load_text_datasets(&a.data, a.valid.as_deref(), &data, &tokenizer)?;
+    device.seed(a.seed); // adapter initialisation
+    let targets: Vec<&str> = a.targets.split(',').map(str::trim).collect();
+    let lora = LoraConfig::new(a.r, a.alpha, &targets).with_dropout(a.dropout);
+    let (model, lora) = inject_gpt2_lora(model, &lora, "default", mode(a.mode))?;
+    eprintln!("{}", ParamReport::new(&model, &lora).summary());
+    let config = TrainerConfig {
+        output_dir: a.out.clone(),
+        num_epochs: a.epochs,
+        max_steps: a.max_steps,
+        batch_size: a.batch_size,
+        optimizer: OptimizerConfig {
+            learning_rate: a.lr,
+            weight_decay: a.weight_decay,
+            ..OptimizerConfig::default()
+        },
+        schedule: ScheduleConfig {
+            kind: ScheduleKind::Linear,
+            warmup: Warmup::Steps(a.warmup_steps),
+        },
+        seed: a.seed,
+        resume: if a.resume { Resume::Latest } else { Resume::No },
+        overwrite_output_dir: a.overwrite,
+        ..TrainerConfig::default()
+    };
+    let run = serde_json::json!({
+        "model": dir, "data": a.data, "valid": a.valid, "lora": lora,
+        "trainer": config, "data_config": data, "c_attn_mode": format!("{:?}", mode(a.mode)),
+    });
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| CliError::Message(format!("--out {}: {e}", a.out.display())))?;
+    lora_core::io::write_atomic(&a.out.join("run.json"), run.to_string().as_bytes())?;
+    let trained =
+        Trainer::new(config, device)?.fit(model, &lora, &train_set, valid_set.as_ref())?;
+    let s = &trained.summary;
+    eprintln!(
+        "done: {} steps in {:.1?}, first loss {:.4}, last loss {:.4}, adapter in {}",
+        s.global_step,
+        s.wall_time,
+        s.losses.first().copied().unwrap_or(f64::NAN),
+        s.losses.last().copied().unwrap_or(f64::NAN),
+        s.adapter_dir.display()
+    );
+    if let Some(m) = &s.final_eval {
+        eprintln!("validation: {m:?}");
+    }
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let (mut model, _, dir, device) = load(&a.model)?;
+    if let Some(adapter) = &a.adapter {
+        model = load_adapter(&model, adapter, "default")?.0;
+    }
+    let tokenizer = TextTokenizer::from_dir(a.data_args.tokenizer.as_deref().unwrap_or(&dir))?;
+    let (data, _) = load_text_datasets(&a.data, None, &a.data_args.config(0.0), &tokenizer)?;
+    let trainer = Trainer::new(
+        TrainerConfig {
+            progress: lora_train::ProgressMode::Off,
+            ..TrainerConfig::default()
+        },
+        device,
+    )?;
+    let metrics = trainer.evaluate(&model, &data)?;
+    if a.json {
+        print_json(&serde_json::json!(metrics));
+    } else {
+        for (k, v) in &metrics {
+            println!("{k}: {v:.6}");
+        }
+    }
+    Ok(())
+}
+
 fn info(a: InfoArgs) -> Result<()> {
     let (model, _, _, _) = load(&a.model)?;
     let targets: Vec<&str> = a.targets.split(',').map(str::trim).collect();
     let lora = LoraConfig::new(a.r, a.alpha, &targets);
-    let mode = match a.mode {
-        Mode::Qv => CAttnMode::QueryValue,
-        Mode::Fused => CAttnMode::Fused,
-    };
-    let (model, lora) = inject_gpt2_lora(model, &lora, "default", mode)?;
+    let (model, lora) = inject_gpt2_lora(model, &lora, "default", mode(a.mode))?;
     let report = ParamReport::new(&model, &lora);
     if a.json {
         print_json(&serde_json::json!({
@@ -243,6 +451,8 @@ fn merge(a: MergeArgs) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(a) => train(a),
+        Command::Eval(a) => eval(a),
         Command::Info(a) => info(a),
         Command::Generate(a) => generate(a),
         Command::Merge(a) => merge(a),
