@@ -313,8 +313,19 @@ fn train(a: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| CliError::Message(format!("--out {}: {e}", a.out.display())))?;
     lora_core::io::write_atomic(&a.out.join("run.json"), run.to_string().as_bytes())?;
-    let trained =
-        Trainer::new(config, device)?.fit(model, &lora, &train_set, valid_set.as_ref())?;
+    let trained = Trainer::new(config, device)?
+        .fit(model, &lora, &train_set, valid_set.as_ref())
+        .map_err(|e| match e {
+            // Say it in this program's flags rather than the library's field names.
+            lora_train::TrainError::InvalidConfig { field, .. } if field == "output_dir" => {
+                CliError::Message(format!(
+                    "--out {} already holds a run's checkpoints: pass --resume to continue it, \
+                     --overwrite to replace it, or another --out",
+                    a.out.display()
+                ))
+            }
+            other => other.into(),
+        })?;
     let s = &trained.summary;
     eprintln!(
         "done: {} steps in {:.1?}, first loss {:.4}, last loss {:.4}, adapter in {}",
