@@ -147,8 +147,15 @@ fn train_then_eval_with_the_adapter() {
     let o = gpt2(&args);
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert_eq!(err.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{err}");
-    assert!(err.contains("--overwrite") || err.contains("overwrite"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error: ")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("--overwrite") || err.contains("overwrite"),
+        "{err}"
+    );
 
     let adapter = format!("{out_s}/adapter");
     let eval = |with: bool| {

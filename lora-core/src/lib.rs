@@ -80,8 +80,9 @@ pub mod report;
 pub mod sites;
 
 pub use adapter::{
-    ADAPTER_FILE, KEY_PREFIX, StateDictReport, adapter_state, apply_adapter_state, load_adapter,
-    export_state_dict, load_state_dict, read_safetensors, save_adapter, save_safetensors,
+    ADAPTER_FILE, KEY_PREFIX, StateDictReport, adapter_state, apply_adapter_state,
+    export_state_dict, load_adapter, load_state_dict, read_safetensors, save_adapter,
+    save_safetensors,
 };
 pub use config::{
     AdapterSpec, BiasMode, CONFIG_FILE, InitLoraWeights, LoraConfig, OneOrMany, TargetModules,
