@@ -76,58 +76,40 @@ fn eval(logits: Tensor<2>, batch: &TextBatch) -> Result<EvalOutput> {
     })
 }
 
-impl TrainModel for RobertaForSequenceClassification {
-    type Batch = TextBatch;
+/// Both sequence classifiers train the same way: the head's loss, and its predictions.
+macro_rules! impl_classifier {
+    ($($model:ty),*) => {$(
+        impl TrainModel for $model {
+            type Batch = TextBatch;
 
-    /// Mean head loss over the examples.
-    ///
-    /// # Shapes
-    /// - `batch.input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`
-    /// - logits (internal): `[batch, num_labels]`; loss `[1]`
-    fn train_step(&self, batch: &TextBatch) -> Result<LossOutput> {
-        let logits = self.forward(
-            batch.input_ids.clone(),
-            Some(batch.attention_mask.clone()),
-            Some(batch.token_type_ids.clone()),
-        )?;
-        Ok(LossOutput::new(head_loss(logits, batch)?, batch.len()))
-    }
+            /// Mean head loss over the examples.
+            ///
+            /// # Shapes
+            /// - `batch.input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`
+            /// - logits (internal): `[batch, num_labels]`; loss `[1]`
+            fn train_step(&self, batch: &TextBatch) -> Result<LossOutput> {
+                let logits = self.forward(
+                    batch.input_ids.clone(),
+                    Some(batch.attention_mask.clone()),
+                    Some(batch.token_type_ids.clone()),
+                )?;
+                Ok(LossOutput::new(head_loss(logits, batch)?, batch.len()))
+            }
 
-    /// Loss and predictions (accuracy/F1/MCC, or Pearson/Spearman for regression).
-    fn eval_step(&self, batch: &TextBatch) -> Result<EvalOutput> {
-        let logits = self.forward(
-            batch.input_ids.clone(),
-            Some(batch.attention_mask.clone()),
-            Some(batch.token_type_ids.clone()),
-        )?;
-        eval(logits, batch)
-    }
+            /// Loss and predictions (accuracy/F1/MCC, or Pearson/Spearman for regression).
+            fn eval_step(&self, batch: &TextBatch) -> Result<EvalOutput> {
+                let logits = self.forward(
+                    batch.input_ids.clone(),
+                    Some(batch.attention_mask.clone()),
+                    Some(batch.token_type_ids.clone()),
+                )?;
+                eval(logits, batch)
+            }
+        }
+    )*};
 }
 
-impl TrainModel for BertForSequenceClassification {
-    type Batch = TextBatch;
-
-    /// Mean head loss over the examples.
-    ///
-    /// # Shapes
-    /// - `batch.input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`
-    /// - logits (internal): `[batch, num_labels]`; loss `[1]`
-    fn train_step(&self, batch: &TextBatch) -> Result<LossOutput> {
-        let logits = self.forward(
-            batch.input_ids.clone(),
-            Some(batch.attention_mask.clone()),
-            Some(batch.token_type_ids.clone()),
-        )?;
-        Ok(LossOutput::new(head_loss(logits, batch)?, batch.len()))
-    }
-
-    /// Loss and predictions (accuracy/F1/MCC, or Pearson/Spearman for regression).
-    fn eval_step(&self, batch: &TextBatch) -> Result<EvalOutput> {
-        let logits = self.forward(
-            batch.input_ids.clone(),
-            Some(batch.attention_mask.clone()),
-            Some(batch.token_type_ids.clone()),
-        )?;
-        eval(logits, batch)
-    }
-}
+impl_classifier!(
+    RobertaForSequenceClassification,
+    BertForSequenceClassification
+);
