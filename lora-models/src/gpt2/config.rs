@@ -112,9 +112,27 @@ fn d_type() -> String {
 }
 
 impl Default for Gpt2Config {
-    /// GPT-2 small (124M).
+    /// GPT-2 small (124M), with Hugging Face's defaults.
     fn default() -> Self {
-        serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+        Self {
+            vocab_size: d_vocab(),
+            n_positions: d_positions(),
+            n_embd: d_embd(),
+            n_layer: d_layer(),
+            n_head: d_layer(),
+            n_inner: None,
+            activation_function: d_act(),
+            resid_pdrop: d_drop(),
+            embd_pdrop: d_drop(),
+            attn_pdrop: d_drop(),
+            layer_norm_epsilon: d_eps(),
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+            reorder_and_upcast_attn: false,
+            bos_token_id: d_eos(),
+            eos_token_id: d_eos(),
+            model_type: d_type(),
+        }
     }
 }
 
