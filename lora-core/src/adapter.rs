@@ -174,7 +174,7 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
             sites.push((p.to_string(), l.kind(), l.dims()));
         }
     });
-    let device = device_of(&model);
+    let device = device_of(&model)?;
     for (path, kind, (d_in, d_out)) in sites {
         let spec = config.spec_for(&path)?;
         let (ka, kb) = match kind {
@@ -271,15 +271,18 @@ fn expect_shape(key: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// The device of the model's first LoRA site (the caller guarantees there is one).
-fn device_of<M: LoraSites>(model: &M) -> Device {
+/// The device of the model's first LoRA site.
+fn device_of<M: LoraSites>(model: &M) -> Result<Device> {
     let mut device = None;
     model.visit_lora_sites("", &mut |_, l| {
         if device.is_none() {
             device = Some(l.device());
         }
     });
-    device.unwrap_or_default()
+    device.ok_or_else(|| LoraError::NoTargetMatched {
+        targets: "(adapter)".into(),
+        available: "(the model has no LoRA-capable module)".into(),
+    })
 }
 
 /// Reads the values of the parameters named (by burn path) in `wanted`.
