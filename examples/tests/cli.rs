@@ -193,3 +193,88 @@ fn train_then_eval_with_the_adapter() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("bad.jsonl") && err.contains('2'), "{err}");
 }
+
+fn encoder(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_encoder-lora"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the program starts")
+}
+
+#[test]
+fn encoder_train_eval_predict() {
+    let out = tempfile::tempdir().unwrap();
+    let out_s = out.path().to_str().unwrap();
+    let model = [
+        "--model",
+        "fixtures/encoder/roberta-a",
+        "--max-length",
+        "30",
+    ];
+    let mut args = vec!["train"];
+    args.extend(model);
+    args.extend([
+        "--data",
+        "fixtures/train/sentiment.csv",
+        "--out",
+        out_s,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+    ]);
+    let o = encoder(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let adapter = format!("{out_s}/adapter");
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "labels.json",
+    ] {
+        assert!(out.path().join("adapter").join(f).exists(), "{f} missing");
+    }
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["task_type"], "SEQ_CLS");
+
+    let mut a = vec!["eval"];
+    a.extend(model);
+    a.extend([
+        "--adapter",
+        adapter.as_str(),
+        "--data",
+        "fixtures/train/sentiment.csv",
+        "--json",
+    ]);
+    let o = encoder(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["accuracy", "f1", "mcc", "loss"] {
+        assert!(m[k].is_number(), "{k} in {m}");
+    }
+
+    let mut a = vec!["predict"];
+    a.extend(model);
+    a.extend([
+        "--adapter",
+        adapter.as_str(),
+        "--text",
+        "a delight from start to finish",
+        "--json",
+    ]);
+    let o = encoder(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let probs = p["probabilities"].as_object().unwrap();
+    let total: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-5, "{p}");
+    assert!(
+        probs.contains_key("positive") && probs.contains_key("negative"),
+        "{p}"
+    );
+}
