@@ -56,10 +56,16 @@ impl TextTokenizer {
         })
     }
 
-    /// Loads a `tokenizer.json`.
+    /// Loads a `tokenizer.json`. Padding and truncation stored in the file are turned off, as
+    /// transformers does: `encode` returns one sequence's ids, batches are padded by the caller,
+    /// and truncation is asked for explicitly ([`with_truncation`](Self::with_truncation)).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner =
+        let mut inner =
             Tokenizer::from_file(path).map_err(|e| tok_err(&path.display().to_string(), e))?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| tok_err("truncation", e))?;
         Ok(Self { inner })
     }
 
