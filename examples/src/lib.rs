@@ -56,6 +56,21 @@ pub fn model_dir(arg: &str) -> Result<PathBuf> {
     )))
 }
 
+/// A training error, with the output-directory conflict phrased in the programs' flags
+/// (`--resume`, `--overwrite`, `--out`) rather than the library's field names.
+pub fn train_error(e: lora_train::TrainError, out: &Path) -> CliError {
+    match e {
+        lora_train::TrainError::InvalidConfig { field, .. } if field == "output_dir" => {
+            CliError::Message(format!(
+                "--out {} already holds a run's checkpoints: pass --resume to continue it, \
+                 --overwrite to replace it, or another --out",
+                out.display()
+            ))
+        }
+        other => other.into(),
+    }
+}
+
 /// Writes JSON (pretty) to stdout.
 pub fn print_json(value: &serde_json::Value) {
     println!(

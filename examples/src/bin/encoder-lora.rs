@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use burn::prelude::*;
 use clap::{Args, Parser, Subcommand};
 use lora_core::{LoraConfig, ParamReport, TargetModules, load_adapter};
-use lora_examples::{CliError, Result, device, model_dir, print_json};
+use lora_examples::{CliError, Result, device, model_dir, print_json, train_error};
 use lora_models::TextTokenizer;
 use lora_models::bert::{
     BertForSequenceClassification, EncoderCheckpoint, LoadOptions,
@@ -334,16 +334,7 @@ where
     let label_names = train.label_names().map(<[String]>::to_vec);
     let trained = Trainer::new(config, device)?
         .fit(model, &lora, &train, valid.as_ref())
-        .map_err(|e| match e {
-            lora_train::TrainError::InvalidConfig { field, .. } if field == "output_dir" => {
-                CliError::Message(format!(
-                    "--out {} already holds a run's checkpoints: pass --resume to continue it, \
-                     --overwrite to replace it, or another --out",
-                    a.out.display()
-                ))
-            }
-            other => other.into(),
-        })?;
+        .map_err(|e| train_error(e, &a.out))?;
     let s = &trained.summary;
     if let Some(names) = label_names {
         for d in std::iter::once(Some(s.adapter_dir.clone()))

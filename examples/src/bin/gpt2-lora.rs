@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lora_core::{LoraConfig, LoraModelExt, ParamReport, load_adapter};
-use lora_examples::{CliError, Result, device, model_dir, print_json};
+use lora_examples::{CliError, Result, device, model_dir, print_json, train_error};
 use lora_models::TextTokenizer;
 use lora_models::gpt2::{CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, inject_gpt2_lora};
 use lora_train::{
@@ -315,17 +315,7 @@ fn train(a: TrainArgs) -> Result<()> {
     lora_core::io::write_atomic(&a.out.join("run.json"), run.to_string().as_bytes())?;
     let trained = Trainer::new(config, device)?
         .fit(model, &lora, &train_set, valid_set.as_ref())
-        .map_err(|e| match e {
-            // Say it in this program's flags rather than the library's field names.
-            lora_train::TrainError::InvalidConfig { field, .. } if field == "output_dir" => {
-                CliError::Message(format!(
-                    "--out {} already holds a run's checkpoints: pass --resume to continue it, \
-                     --overwrite to replace it, or another --out",
-                    a.out.display()
-                ))
-            }
-            other => other.into(),
-        })?;
+        .map_err(|e| train_error(e, &a.out))?;
     let s = &trained.summary;
     eprintln!(
         "done: {} steps in {:.1?}, first loss {:.4}, last loss {:.4}, adapter in {}",
