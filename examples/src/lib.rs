@@ -6,6 +6,49 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use clap::Args;
+
+/// Where the model comes from and what it runs on (shared by every subcommand).
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Local Hugging Face model directory (config.json, weights, tokenizer files).
+    #[arg(long)]
+    pub model: String,
+    /// flex, ndarray, wgpu, vulkan or metal.
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+}
+
+/// Run-control flags of `train` (shared by the programs).
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Output directory: adapter/, best/, checkpoint-*/, metrics.jsonl, curves.png, run.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Stop after this many optimizer steps (overrides --epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Seed of adapter (and head) init, data order and dropout.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace a previous run's checkpoints in --out.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+impl RunArgs {
+    /// The trainer's resume setting.
+    pub fn resume_mode(&self) -> lora_train::Resume {
+        if self.resume {
+            lora_train::Resume::Latest
+        } else {
+            lora_train::Resume::No
+        }
+    }
+}
 
 /// An error the programs print as one line before exiting with status 1.
 #[derive(Debug, thiserror::Error)]

@@ -17,14 +17,16 @@ use std::process::ExitCode;
 use burn::prelude::*;
 use clap::{Args, Parser, Subcommand};
 use lora_core::{LoraConfig, ParamReport, TargetModules, load_adapter};
-use lora_examples::{CliError, Result, device, model_dir, print_json, train_error};
+use lora_examples::{
+    CliError, ModelArgs, Result, RunArgs, device, model_dir, print_json, train_error,
+};
 use lora_models::TextTokenizer;
 use lora_models::bert::{
     BertForSequenceClassification, EncoderCheckpoint, LoadOptions,
     RobertaForSequenceClassification, inject_encoder_lora,
 };
 use lora_train::{
-    Columns, DataConfig, OptimizerConfig, Resume, ScheduleConfig, ScheduleKind, Task, TextDataset,
+    Columns, DataConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, Task, TextDataset,
     TrainModel, Trainer, TrainerConfig, Warmup, load_text_datasets,
 };
 
@@ -49,16 +51,6 @@ enum Command {
     Predict(PredictArgs),
     /// Trainable-parameter report.
     Info(InfoArgs),
-}
-
-#[derive(Args)]
-struct ModelArgs {
-    /// Local Hugging Face model directory (config.json, weights, tokenizer files).
-    #[arg(long)]
-    model: String,
-    /// flex, ndarray, wgpu, vulkan or metal.
-    #[arg(long, default_value = "flex")]
-    device: String,
 }
 
 #[derive(Args)]
@@ -139,6 +131,8 @@ struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
     data_args: DataArgs,
     #[command(flatten)]
     lora: LoraArgs,
@@ -148,9 +142,6 @@ struct TrainArgs {
     /// Validation data; default: 10% of --data held out.
     #[arg(long)]
     valid: Option<PathBuf>,
-    /// Output directory (adapter/, best/, checkpoints, metrics.jsonl, curves.png, run.json).
-    #[arg(long)]
-    out: PathBuf,
     /// Peak learning rate.
     #[arg(long, default_value_t = 5e-4)]
     lr: f64,
@@ -163,21 +154,9 @@ struct TrainArgs {
     /// Passes over the data.
     #[arg(long, default_value_t = 3)]
     epochs: usize,
-    /// Stop after this many optimizer steps (overrides --epochs).
-    #[arg(long)]
-    max_steps: Option<usize>,
-    /// Seed of head/adapter init, data order and dropout.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
     /// Metric that picks the best adapter (accuracy, f1, mcc, pearson, spearman, loss).
     #[arg(long)]
     metric: Option<String>,
-    /// Continue from the newest checkpoint in --out.
-    #[arg(long)]
-    resume: bool,
-    /// Replace a previous run's checkpoints in --out.
-    #[arg(long)]
-    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -300,7 +279,7 @@ fn train_with<M>(
 where
     M: EncoderCheckpoint + TrainModel<Batch = lora_train::TextBatch>,
 {
-    device.seed(a.seed); // head and adapter initialisation
+    device.seed(a.run.seed); // head and adapter initialisation
     let model: M = load(dir, &device, Some(labels))?;
     let (model, lora) = inject_encoder_lora(model, &a.lora.config(), "default")?;
     eprintln!("{}", ParamReport::new(&model, &lora).summary());
@@ -313,9 +292,9 @@ where
         .into()
     });
     let config = TrainerConfig {
-        output_dir: a.out.clone(),
+        output_dir: a.run.out.clone(),
         num_epochs: a.epochs,
-        max_steps: a.max_steps,
+        max_steps: a.run.max_steps,
         batch_size: a.batch_size,
         optimizer: OptimizerConfig {
             learning_rate: a.lr,
@@ -325,16 +304,16 @@ where
             kind: ScheduleKind::Linear,
             warmup: Warmup::Ratio(a.warmup_ratio),
         },
-        seed: a.seed,
+        seed: a.run.seed,
         metric_for_best: metric,
-        resume: if a.resume { Resume::Latest } else { Resume::No },
-        overwrite_output_dir: a.overwrite,
+        resume: a.run.resume_mode(),
+        overwrite_output_dir: a.run.overwrite,
         ..TrainerConfig::default()
     };
     let label_names = train.label_names().map(<[String]>::to_vec);
     let trained = Trainer::new(config, device)?
         .fit(model, &lora, &train, valid.as_ref())
-        .map_err(|e| train_error(e, &a.out))?;
+        .map_err(|e| train_error(e, &a.run.out))?;
     let s = &trained.summary;
     if let Some(names) = label_names {
         for d in std::iter::once(Some(s.adapter_dir.clone()))
@@ -370,13 +349,13 @@ fn train(a: TrainArgs) -> Result<()> {
     } else {
         train.label_names().map_or(2, <[String]>::len)
     };
-    std::fs::create_dir_all(&a.out)
-        .map_err(|e| CliError::Message(format!("--out {}: {e}", a.out.display())))?;
+    std::fs::create_dir_all(&a.run.out)
+        .map_err(|e| CliError::Message(format!("--out {}: {e}", a.run.out.display())))?;
     let run = serde_json::json!({
         "model": dir, "data": a.data, "valid": a.valid, "lora": a.lora.config(),
         "data_config": data, "labels": train.label_names(),
     });
-    lora_core::io::write_atomic(&a.out.join("run.json"), run.to_string().as_bytes())?;
+    lora_core::io::write_atomic(&a.run.out.join("run.json"), run.to_string().as_bytes())?;
     with_classifier!(&dir, M => train_with::<M>(&a, &dir, device, train, valid, labels))
 }
 

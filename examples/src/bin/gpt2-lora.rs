@@ -13,12 +13,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lora_core::{LoraConfig, LoraModelExt, ParamReport, load_adapter};
-use lora_examples::{CliError, Result, device, model_dir, print_json, train_error};
+use lora_examples::{
+    CliError, ModelArgs, Result, RunArgs, device, model_dir, print_json, train_error,
+};
 use lora_models::TextTokenizer;
 use lora_models::gpt2::{CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, inject_gpt2_lora};
 use lora_train::{
-    Columns, DataConfig, OptimizerConfig, Resume, ScheduleConfig, ScheduleKind, Trainer,
-    TrainerConfig, Warmup, load_text_datasets,
+    Columns, DataConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, Trainer, TrainerConfig,
+    Warmup, load_text_datasets,
 };
 
 #[derive(Parser)]
@@ -44,16 +46,6 @@ enum Command {
     Generate(GenerateArgs),
     /// Fold an adapter into the weights and write a plain Hugging Face checkpoint.
     Merge(MergeArgs),
-}
-
-#[derive(Args)]
-struct ModelArgs {
-    /// Local Hugging Face model directory (config.json, model.safetensors or pytorch_model.bin).
-    #[arg(long)]
-    model: String,
-    /// flex, ndarray, wgpu, vulkan or metal.
-    #[arg(long, default_value = "flex")]
-    device: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -170,6 +162,8 @@ struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
     data_args: DataArgs,
     /// Training data (.jsonl, .csv, .tsv or .txt).
     #[arg(long)]
@@ -177,9 +171,6 @@ struct TrainArgs {
     /// Validation data; default: 10% of --data held out.
     #[arg(long)]
     valid: Option<PathBuf>,
-    /// Output directory: adapter/, best/, checkpoint-*/, metrics.jsonl, curves.png, run.json.
-    #[arg(long)]
-    out: PathBuf,
     /// LoRA rank.
     #[arg(long, default_value_t = 4)]
     r: usize,
@@ -210,18 +201,6 @@ struct TrainArgs {
     /// Passes over the data.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
-    /// Stop after this many optimizer steps (overrides --epochs).
-    #[arg(long)]
-    max_steps: Option<usize>,
-    /// Seed of adapter init, data order and dropout.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Continue from the newest checkpoint in --out.
-    #[arg(long)]
-    resume: bool,
-    /// Replace a previous run's checkpoints in --out.
-    #[arg(long)]
-    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -282,15 +261,15 @@ fn train(a: TrainArgs) -> Result<()> {
         .config(if a.valid.is_some() { 0.0 } else { 0.1 });
     let (train_set, valid_set) =
         load_text_datasets(&a.data, a.valid.as_deref(), &data, &tokenizer)?;
-    device.seed(a.seed); // adapter initialisation
+    device.seed(a.run.seed); // adapter initialisation
     let targets: Vec<&str> = a.targets.split(',').map(str::trim).collect();
     let lora = LoraConfig::new(a.r, a.alpha, &targets).with_dropout(a.dropout);
     let (model, lora) = inject_gpt2_lora(model, &lora, "default", mode(a.mode))?;
     eprintln!("{}", ParamReport::new(&model, &lora).summary());
     let config = TrainerConfig {
-        output_dir: a.out.clone(),
+        output_dir: a.run.out.clone(),
         num_epochs: a.epochs,
-        max_steps: a.max_steps,
+        max_steps: a.run.max_steps,
         batch_size: a.batch_size,
         optimizer: OptimizerConfig {
             learning_rate: a.lr,
@@ -301,21 +280,21 @@ fn train(a: TrainArgs) -> Result<()> {
             kind: ScheduleKind::Linear,
             warmup: Warmup::Steps(a.warmup_steps),
         },
-        seed: a.seed,
-        resume: if a.resume { Resume::Latest } else { Resume::No },
-        overwrite_output_dir: a.overwrite,
+        seed: a.run.seed,
+        resume: a.run.resume_mode(),
+        overwrite_output_dir: a.run.overwrite,
         ..TrainerConfig::default()
     };
     let run = serde_json::json!({
         "model": dir, "data": a.data, "valid": a.valid, "lora": lora,
         "trainer": config, "data_config": data, "c_attn_mode": format!("{:?}", mode(a.mode)),
     });
-    std::fs::create_dir_all(&a.out)
-        .map_err(|e| CliError::Message(format!("--out {}: {e}", a.out.display())))?;
-    lora_core::io::write_atomic(&a.out.join("run.json"), run.to_string().as_bytes())?;
+    std::fs::create_dir_all(&a.run.out)
+        .map_err(|e| CliError::Message(format!("--out {}: {e}", a.run.out.display())))?;
+    lora_core::io::write_atomic(&a.run.out.join("run.json"), run.to_string().as_bytes())?;
     let trained = Trainer::new(config, device)?
         .fit(model, &lora, &train_set, valid_set.as_ref())
-        .map_err(|e| train_error(e, &a.out))?;
+        .map_err(|e| train_error(e, &a.run.out))?;
     let s = &trained.summary;
     eprintln!(
         "done: {} steps in {:.1?}, first loss {:.4}, last loss {:.4}, adapter in {}",
