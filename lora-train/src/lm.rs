@@ -11,7 +11,8 @@ use crate::model::{EvalOutput, LossOutput, Predictions, TrainModel};
 impl TrainModel for Gpt2LmHeadModel {
     type Batch = TextBatch;
 
-    /// Mean next-token cross-entropy over the completion tokens.
+    /// Mean next-token cross-entropy over the completion tokens, with the model's
+    /// [`label_smoothing`](Gpt2LmHeadModel::label_smoothing).
     ///
     /// # Shapes
     /// - `batch.input_ids`, `batch.attention_mask`, token labels: `[batch, seq]`
@@ -24,14 +25,20 @@ impl TrainModel for Gpt2LmHeadModel {
         }
         let logits = self.forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))?;
         Ok(LossOutput::new(
-            causal_lm_loss(logits, labels, 0.0),
+            causal_lm_loss(logits, labels, self.label_smoothing),
             batch.num_targets,
         ))
     }
 
-    /// The same loss without dropout; perplexity is derived from it.
+    /// The plain cross-entropy (no dropout, no label smoothing); perplexity is derived from it.
     fn eval_step(&self, batch: &TextBatch) -> Result<EvalOutput> {
-        let LossOutput { loss, count } = self.train_step(batch)?;
+        let labels = batch.token_labels()?;
+        if batch.num_targets == 0 {
+            return Err(TrainError::Step("the batch has no target token".into()));
+        }
+        let logits = self.forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))?;
+        let loss = causal_lm_loss(logits, labels, 0.0);
+        let count = batch.num_targets;
         Ok(EvalOutput {
             loss,
             count,

@@ -189,6 +189,9 @@ struct TrainArgs {
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-4)]
     lr: f64,
+    /// Label smoothing of the training loss (the paper's E2E setup: 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    label_smoothing: f64,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
@@ -264,7 +267,14 @@ fn train(a: TrainArgs) -> Result<()> {
     device.seed(a.run.seed); // adapter initialisation
     let targets: Vec<&str> = a.targets.split(',').map(str::trim).collect();
     let lora = LoraConfig::new(a.r, a.alpha, &targets).with_dropout(a.dropout);
+    if !(0.0..1.0).contains(&a.label_smoothing) {
+        return Err(CliError::Message(format!(
+            "--label-smoothing {} must be in [0, 1)",
+            a.label_smoothing
+        )));
+    }
     let (model, lora) = inject_gpt2_lora(model, &lora, "default", mode(a.mode))?;
+    let model = model.with_label_smoothing(a.label_smoothing);
     eprintln!("{}", ParamReport::new(&model, &lora).summary());
     let config = TrainerConfig {
         output_dir: a.run.out.clone(),

@@ -199,6 +199,10 @@ lora_sites!(Gpt2Model { wte, h });
 pub struct Gpt2LmHeadModel {
     /// The body, under Hugging Face's `transformer.` prefix.
     pub transformer: Gpt2Model,
+    /// Label smoothing ε of the training loss (0 = none; the LoRA paper's E2E setup uses 0.1).
+    /// A training setting kept with the model, like its dropout rates; evaluation ignores it.
+    #[module(skip)]
+    pub label_smoothing: f64,
 }
 
 lora_sites!(Gpt2LmHeadModel { transformer });
@@ -243,6 +247,7 @@ impl Gpt2Config {
             })
             .collect();
         Gpt2LmHeadModel {
+            label_smoothing: 0.0,
             transformer: Gpt2Model {
                 wte: LoraEmbeddingConfig::new(self.vocab_size, d).init(device),
                 wpe: EmbeddingConfig::new(self.n_positions, d).init(device),
@@ -339,6 +344,12 @@ impl Gpt2Model {
 }
 
 impl Gpt2LmHeadModel {
+    /// Sets the label smoothing of the training loss (see [`label_smoothing`](Self::label_smoothing)).
+    pub fn with_label_smoothing(mut self, epsilon: f64) -> Self {
+        self.label_smoothing = epsilon;
+        self
+    }
+
     /// Next-token logits.
     ///
     /// # Shapes

@@ -1181,3 +1181,32 @@ fn burn_learner_drives_the_same_model() {
         "still only the adapter trains"
     );
 }
+
+/// Label smoothing enters the training loss exactly as `causal_lm_loss` (checked against
+/// PyTorch in the GPT-2 tests) computes it; evaluation stays the plain cross-entropy.
+#[test]
+fn label_smoothing_applies_to_training_only() {
+    let device = Device::flex();
+    let (train, _) = lm_data(32);
+    let batch = lora_train::BatchSource::batch(&train, &[0, 1, 2], &device).unwrap();
+    let model = gpt2(&fixture("gpt2/tiny-a"), &device);
+    let plain = model.train_step(&batch).unwrap().loss;
+    let smoothed_model = model.clone().with_label_smoothing(0.1);
+    let smoothed = smoothed_model.train_step(&batch).unwrap().loss;
+    let logits = model
+        .forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))
+        .unwrap();
+    let want = lora_models::loss::causal_lm_loss(logits, batch.token_labels().unwrap(), 0.1);
+    let (p, s, w) = (
+        host(plain).data[0],
+        host(smoothed).data[0],
+        host(want).data[0],
+    );
+    assert!((s - w).abs() <= 1e-6 * w.abs(), "smoothed {s} vs {w}");
+    assert!((s - p).abs() > 1e-3, "smoothing changes the training loss");
+    let eval = smoothed_model.eval_step(&batch).unwrap().loss;
+    assert!(
+        (host(eval).data[0] - p).abs() <= 1e-6 * p.abs(),
+        "eval ignores smoothing"
+    );
+}
