@@ -33,6 +33,23 @@ impl std::fmt::Debug for TextTokenizer {
     }
 }
 
+/// A byte-level BPE tokenizer (GPT-2's and RoBERTa's: no prefix space, offsets trimmed, the
+/// GPT-2 split regex) from `vocab.json` + `merges.txt`; also returns the vocab path for errors.
+fn byte_level_bpe(vocab: &Path, merges: &Path) -> Result<(Tokenizer, String)> {
+    let (v, m) = (
+        vocab.to_string_lossy().to_string(),
+        merges.to_string_lossy().to_string(),
+    );
+    let bpe = BPE::from_file(&v, &m)
+        .build()
+        .map_err(|e| tok_err(&format!("{v} + {m}"), e))?;
+    let mut inner = Tokenizer::new(bpe);
+    let byte_level = ByteLevel::new(false, true, true);
+    inner.with_pre_tokenizer(Some(byte_level));
+    inner.with_decoder(Some(byte_level));
+    Ok((inner, v))
+}
+
 fn tok_err(context: &str, e: impl std::fmt::Display) -> ModelError {
     ModelError::Tokenizer(format!("{context}: {e}"))
 }
@@ -71,19 +88,8 @@ impl TextTokenizer {
 
     /// GPT-2's byte-level BPE from `vocab.json` + `merges.txt`, with `<|endoftext|>` special.
     pub fn gpt2_from_files(vocab: &Path, merges: &Path) -> Result<Self> {
-        let (v, m) = (
-            vocab.to_string_lossy().to_string(),
-            merges.to_string_lossy().to_string(),
-        );
-        let bpe = BPE::from_file(&v, &m)
-            .build()
-            .map_err(|e| tok_err(&format!("{v} + {m}"), e))?;
-        let mut inner = Tokenizer::new(bpe);
-        // GPT-2 adds no prefix space; offsets trimmed; the GPT-2 split regex.
-        let byte_level = ByteLevel::new(false, true, true);
-        inner.with_pre_tokenizer(Some(byte_level));
-        inner.with_decoder(Some(byte_level));
-        inner.with_post_processor(Some(byte_level));
+        let (mut inner, _) = byte_level_bpe(vocab, merges)?;
+        inner.with_post_processor(Some(ByteLevel::new(false, true, true)));
         inner.add_special_tokens(&[AddedToken::from("<|endoftext|>", true)]);
         Ok(Self { inner })
     }
@@ -92,17 +98,7 @@ impl TextTokenizer {
     /// specials `<s>`, `<pad>`, `</s>`, `<unk>`, `<mask>` (which the vocabulary must hold), with
     /// `<s> A </s>` and `<s> A </s></s> B </s>` around inputs.
     pub fn roberta_from_files(vocab: &Path, merges: &Path) -> Result<Self> {
-        let (v, m) = (
-            vocab.to_string_lossy().to_string(),
-            merges.to_string_lossy().to_string(),
-        );
-        let bpe = BPE::from_file(&v, &m)
-            .build()
-            .map_err(|e| tok_err(&format!("{v} + {m}"), e))?;
-        let mut inner = Tokenizer::new(bpe);
-        let byte_level = ByteLevel::new(false, true, true);
-        inner.with_pre_tokenizer(Some(byte_level));
-        inner.with_decoder(Some(byte_level));
+        let (mut inner, v) = byte_level_bpe(vocab, merges)?;
         let id = |t: &str| {
             inner
                 .token_to_id(t)

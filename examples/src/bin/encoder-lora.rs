@@ -214,7 +214,10 @@ struct InfoArgs {
 /// The label names an adapter was trained with (written next to it by `train`).
 const LABELS_FILE: &str = "labels.json";
 
-fn read_labels(adapter: &Path) -> Result<Option<Vec<String>>> {
+fn adapter_labels(adapter: Option<&Path>) -> Result<Option<Vec<String>>> {
+    let Some(adapter) = adapter else {
+        return Ok(None);
+    };
     let p = adapter.join(LABELS_FILE);
     if !p.exists() {
         return Ok(None);
@@ -375,10 +378,7 @@ fn with_adapter<M: EncoderCheckpoint>(
 fn eval(a: EvalArgs) -> Result<()> {
     let dir = model_dir(&a.model.model)?;
     let device = device(&a.model.device)?;
-    let names = match &a.adapter {
-        Some(p) => read_labels(p)?,
-        None => None,
-    };
+    let names = adapter_labels(a.adapter.as_deref())?;
     let tokenizer = TextTokenizer::from_dir(&dir)?;
     let data = a.data_args.config(names.clone(), 0.0);
     let (set, _) = load_text_datasets(&a.data, None, &data, &tokenizer)?;
@@ -411,10 +411,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 fn predict(a: PredictArgs) -> Result<()> {
     let dir = model_dir(&a.model.model)?;
     let device = device(&a.model.device)?;
-    let names = match &a.adapter {
-        Some(p) => read_labels(p)?,
-        None => None,
-    };
+    let names = adapter_labels(a.adapter.as_deref())?;
     let tokenizer = TextTokenizer::from_dir(&dir)?;
     let data = DataConfig {
         columns: Columns::labeled("text", a.pair.as_ref().map(|_| "pair"), "label"),
