@@ -1,7 +1,11 @@
 //! # lora-examples: command-line LoRA fine-tuning
 //!
 //! Shared pieces of the programs `gpt2-lora` (GPT-2, causal LM / E2E data-to-text) and the
-//! encoder program: device selection, model-directory resolution, one-line errors.
+//! encoder program: device selection, model-directory and data-file resolution (local paths,
+//! or Hugging Face hub ids with the `hub` feature, see [`hub`]), Ctrl-C handling, one-line
+//! errors.
+
+pub mod hub;
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +69,10 @@ pub enum CliError {
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Message(String),
+    /// Training was stopped by Ctrl-C after saving a checkpoint; the message says where.
+    /// The programs print it as is and exit with status 130 (the shell's code for SIGINT).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// `Result` with [`CliError`].
@@ -75,8 +83,9 @@ pub fn device(name: &str) -> Result<Device> {
     Ok(lora_core::device::parse_device(name)?)
 }
 
-/// A local model directory. Hub ids (`gpt2`, `roberta-base`) need network access and are
-/// refused with a message that says how to pass a directory instead.
+/// The model directory `--model` names: a local directory, or (with the `hub` feature) a hub
+/// id such as `gpt2` or `FacebookAI/roberta-base`, downloaded into the Hugging Face cache.
+/// Without the feature a hub id is refused with a line that says how to pass a directory.
 pub fn model_dir(arg: &str) -> Result<PathBuf> {
     let p = Path::new(arg);
     if p.is_dir() {
@@ -87,15 +96,62 @@ pub fn model_dir(arg: &str) -> Result<PathBuf> {
             "--model {arg}: expected a directory holding config.json and the weights"
         )));
     }
-    let looks_like_hub_id = !arg.contains(std::path::MAIN_SEPARATOR) || arg.split('/').count() == 2;
-    if looks_like_hub_id {
-        return Err(CliError::Message(format!(
-            "--model {arg}: no such directory, and this build cannot download `{arg}` from the \
-             Hugging Face hub (offline); download it elsewhere and pass its local directory"
-        )));
+    if hub::is_repo_id(arg) {
+        return hub_model(arg);
     }
     Err(CliError::Message(format!(
         "--model {arg}: no such directory"
+    )))
+}
+
+#[cfg(feature = "hub")]
+fn hub_model(id: &str) -> Result<PathBuf> {
+    eprintln!("--model {id}: fetching from the Hugging Face hub");
+    hub::download_model(id).map_err(|e| CliError::Message(format!("--model {id}: {e}")))
+}
+
+#[cfg(not(feature = "hub"))]
+fn hub_model(id: &str) -> Result<PathBuf> {
+    Err(CliError::Message(format!(
+        "--model {id}: no such directory, and this build cannot download `{id}` from the \
+         Hugging Face hub (rebuild with `--features hub`); or download it elsewhere and pass \
+         its local directory"
+    )))
+}
+
+/// The data file a data flag (`flag`, e.g. `--data`) names: a local file as it is; a hub
+/// dataset id (`owner/name`, or `owner/name:split`; `default_split` otherwise) downloaded with
+/// the `hub` feature, refused with one line without it. A missing local file is returned
+/// unchanged so that reading it reports the error.
+pub fn data_file(arg: &Path, flag: &str, default_split: &str) -> Result<PathBuf> {
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    match arg
+        .to_str()
+        .and_then(|s| hub::parse_dataset(s, default_split))
+    {
+        Some(d) => hub_dataset(&d, flag),
+        None => Ok(arg.to_path_buf()),
+    }
+}
+
+#[cfg(feature = "hub")]
+fn hub_dataset(d: &hub::DatasetRef, flag: &str) -> Result<PathBuf> {
+    eprintln!(
+        "{flag} {}: fetching split `{}` from the Hugging Face hub",
+        d.repo, d.split
+    );
+    hub::download_dataset(d)
+        .map_err(|e| CliError::Message(format!("{flag} {}:{}: {e}", d.repo, d.split)))
+}
+
+#[cfg(not(feature = "hub"))]
+fn hub_dataset(d: &hub::DatasetRef, flag: &str) -> Result<PathBuf> {
+    Err(CliError::Message(format!(
+        "{flag} {}: no such file, and this build cannot download hub datasets (rebuild with \
+         `--features hub`); pass a local .jsonl, .csv, .tsv or .txt file",
+        d.repo
     )))
 }
 
@@ -111,6 +167,59 @@ pub fn train_error(e: lora_train::TrainError, out: &Path) -> CliError {
             ))
         }
         other => other.into(),
+    }
+}
+
+/// Makes Ctrl-C stop a training run cleanly: the first press asks `interrupter` to stop after
+/// the current optimizer step (the trainer then saves a checkpoint and returns); a second
+/// press exits at once with status 130.
+pub fn stop_on_ctrl_c(interrupter: lora_train::Interrupter) -> Result<()> {
+    ctrlc::set_handler(move || {
+        if interrupter.is_stopped() {
+            // Second press: the user does not want to wait for the step to finish.
+            eprintln!("\ninterrupted again: exiting without waiting");
+            std::process::exit(130);
+        }
+        interrupter.stop();
+        eprintln!(
+            "\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to quit now)"
+        );
+    })
+    .map_err(|e| CliError::Message(format!("cannot install the Ctrl-C handler: {e}")))
+}
+
+/// The one-line [`CliError::Interrupted`] for a run that Ctrl-C stopped, or `None` when it ran
+/// to its end.
+pub fn interruption(
+    interrupter: &lora_train::Interrupter,
+    summary: &lora_train::TrainSummary,
+) -> Option<CliError> {
+    if !interrupter.is_stopped() || summary.stop_reason != lora_train::StopReason::Interrupted {
+        return None;
+    }
+    let saved = summary
+        .last_checkpoint
+        .as_ref()
+        .map_or_else(|| "no checkpoint".to_string(), |p| p.display().to_string());
+    Some(CliError::Interrupted(format!(
+        "interrupted after step {}: checkpoint {saved} saved; continue with --resume",
+        summary.global_step
+    )))
+}
+
+/// The process exit status of a program's result: 0; 130 after Ctrl-C (message printed as
+/// is); 1 otherwise, after printing `error: <one line>`.
+pub fn exit_code(result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(CliError::Interrupted(msg)) => {
+            eprintln!("{msg}");
+            std::process::ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -72,7 +72,7 @@ fn info_generate_and_merge() {
 
 #[test]
 fn bad_input_is_one_line_and_nonzero() {
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 6] = [
         &["info", "--model", "no/such/dir"],
         &["info", "--model", "gpt2"],
         &[
@@ -90,6 +90,23 @@ fn bad_input_is_one_line_and_nonzero() {
             "fixtures/core",
             "--out",
             "/tmp/x",
+        ],
+        // Not E2E data: no `text` column of `context||reference`.
+        &[
+            "e2e-eval",
+            "--model",
+            "fixtures/gpt2/tiny-a",
+            "--data",
+            "fixtures/train/lm.jsonl",
+        ],
+        &[
+            "e2e-eval",
+            "--model",
+            "fixtures/gpt2/tiny-a",
+            "--data",
+            "fixtures/train/e2e.txt",
+            "--max-new-tokens",
+            "100000",
         ],
     ];
     for args in cases {
@@ -217,6 +234,8 @@ fn encoder_train_eval_predict() {
     args.extend([
         "--data",
         "fixtures/train/sentiment.csv",
+        "--valid",
+        "fixtures/train/sentiment.csv",
         "--out",
         out_s,
         "--epochs",
@@ -228,6 +247,15 @@ fn encoder_train_eval_predict() {
     ]);
     let o = encoder(&args);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Held-out score before and after, as the README's main job shows it.
+    let before: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("eval_before.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(before["accuracy"].is_number(), "{before}");
+    let log = stderr(&o);
+    assert!(log.contains("held-out accuracy: "), "{log}");
+    assert!(log.contains(" before → "), "{log}");
     let adapter = format!("{out_s}/adapter");
     for f in [
         "adapter_config.json",
@@ -276,5 +304,120 @@ fn encoder_train_eval_predict() {
     assert!(
         probs.contains_key("positive") && probs.contains_key("negative"),
         "{p}"
+    );
+}
+
+#[test]
+fn e2e_eval_groups_references_and_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    // The fixture plus a second reference for its first MR (same context, another row).
+    let mut data = std::fs::read_to_string(root().join("fixtures/train/e2e.txt")).unwrap();
+    data.push_str(
+        "name : The Vaults | Type : pub | food : Italian || An Italian pub: The Vaults.\n",
+    );
+    let data_path = dir.path().join("e2e.txt");
+    std::fs::write(&data_path, data).unwrap();
+    let out = dir.path().join("eval");
+    let o = gpt2(&[
+        "e2e-eval",
+        "--model",
+        "fixtures/gpt2/tiny-a",
+        "--tokenizer",
+        "fixtures/gpt2/tokenizer",
+        "--adapter",
+        "fixtures/gpt2/peft-c_attn",
+        "--data",
+        data_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "4",
+        "--beams",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n_mrs"], 6, "{v}");
+    assert_eq!(v["n_references"], 7, "{v}");
+    for k in ["bleu", "rouge_l"] {
+        let x = v[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{k} = {x}");
+    }
+    assert_eq!(v["decoding"]["no_repeat_ngram_size"], 4);
+    let hyps = std::fs::read_to_string(out.join("hypotheses.txt")).unwrap();
+    assert_eq!(hyps.lines().count(), 6);
+    // Multi-reference file: the first MR has two lines, then a blank line between MRs.
+    let refs = std::fs::read_to_string(out.join("references.txt")).unwrap();
+    let blocks: Vec<&str> = refs.trim_end().split("\n\n").collect();
+    assert_eq!(blocks.len(), 6, "{refs}");
+    assert_eq!(blocks[0].lines().count(), 2, "{refs}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap()).unwrap();
+    assert_eq!(saved["bleu"], v["bleu"]);
+}
+
+/// Ctrl-C (SIGINT) during `train`: the run stops after its step, saves a checkpoint, prints
+/// one line and exits with 130.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits() {
+    use std::time::{Duration, Instant};
+    let out = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_gpt2-lora"))
+        .args([
+            "train",
+            "--model",
+            "fixtures/gpt2/tiny-a",
+            "--tokenizer",
+            "fixtures/gpt2/tokenizer",
+            "--data",
+            "fixtures/train/lm.jsonl",
+            "--out",
+            out.path().to_str().unwrap(),
+            "--epochs",
+            "100000",
+            "--batch-size",
+            "2",
+        ])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the program starts");
+    // The first logged step means training (and so the handler, installed before it) runs.
+    let log = out.path().join("metrics.jsonl");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|s| s.contains("\"step\"")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no training step logged"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("interrupted after step") && last.contains("--resume"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let checkpoints = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .count();
+    assert!(checkpoints > 0, "no checkpoint saved: {err}");
+    assert!(
+        out.path()
+            .join("adapter/adapter_model.safetensors")
+            .exists()
     );
 }

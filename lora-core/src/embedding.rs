@@ -3,14 +3,14 @@
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::prelude::*;
-use burn::tensor::module::{embedding, linear};
+use burn::tensor::module::embedding;
 
 use crate::config::AdapterSpec;
 use crate::error::{LoraError, Result};
 use crate::layer::{
     AdapterState, Factors, LayerKind, LoraLayer, check_names, check_shape, init_embedding_factors,
 };
-use crate::linear::replace;
+use crate::linear::{linear_rows, replace};
 
 /// Configuration of a [`LoraEmbedding`] created from scratch (no adapters yet).
 #[derive(Config, Debug)]
@@ -100,7 +100,7 @@ impl LoraEmbedding {
             .filter(|a| !a.meta.merged && self.state.active.contains(&a.meta.name))
             .fold(base, |y, a| {
                 let h = embedding(a.lora_embedding_a.val(), ids.clone()).mul_scalar(a.meta.scale);
-                y + linear(h, a.lora_embedding_b.val(), None)
+                y + linear_rows(h, a.lora_embedding_b.val(), None)
             })
     }
 

@@ -90,7 +90,7 @@ pub use config::{
 pub use embedding::{EmbeddingAdapter, LoraEmbedding, LoraEmbeddingConfig};
 pub use error::{LoraError, Result};
 pub use layer::{Factors, LayerKind, LoraLayer};
-pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig};
+pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig, linear_rows};
 pub use model::{
     LoraModelExt, ParamInfo, SliceFn, TrainPolicy, adapted_paths, apply_trainability,
     inject_adapter, inject_adapter_with, select_targets, site_paths, stable_id, visit_params,

@@ -6,6 +6,7 @@
 //! [`lora_core::LoraLinear`], so [`lora_core::inject_adapter`] and PEFT adapter files work on them
 //! directly.
 
+pub mod activation;
 pub mod bert;
 pub mod error;
 pub mod gpt2;

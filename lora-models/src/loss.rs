@@ -2,7 +2,6 @@
 //! smoothing (as `torch.nn.functional.cross_entropy` computes them).
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 /// Label value that marks a position as ignored (padding, or the prompt of prompt/completion data).
 pub const IGNORE_INDEX: i64 = -100;
@@ -21,15 +20,19 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f64)
     let ignored = targets.clone().equal_elem(IGNORE_INDEX);
     let valid = ignored.clone().bool_not().float();
     let safe = targets.mask_fill(ignored, 0).reshape([n, 1]);
-    let logp = log_softmax(logits, 1);
-    let nll: Tensor<1> = logp.clone().gather(1, safe).neg().reshape([n]);
-    let per = if smoothing > 0.0 {
-        let uniform: Tensor<1> = logp.mean_dim(1).neg().reshape([n]);
-        nll.mul_scalar(1.0 - smoothing) + uniform.mul_scalar(smoothing)
+    // −log p[y] = logsumexp(z) − z[y], without materialising log-probabilities: over a GPT-2
+    // vocabulary these are the largest tensors of a step, and each elementwise pass over them
+    // (and its backward) costs as much as a layer. The max is a constant for the gradient.
+    let max = logits.clone().detach().max_dim(1);
+    let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
+    let picked = logits.clone().gather(1, safe);
+    let per: Tensor<2> = if smoothing > 0.0 {
+        // mean_v(−log p[v]) = logsumexp(z) − mean_v(z).
+        lse - picked.mul_scalar(1.0 - smoothing) - logits.mean_dim(1).mul_scalar(smoothing)
     } else {
-        nll
+        lse - picked
     };
-    (per * valid.clone()).sum() / valid.sum()
+    (per.reshape([n]) * valid.clone()).sum() / valid.sum()
 }
 
 /// Causal-LM loss: position `t` predicts token `t + 1`; labels equal to [`IGNORE_INDEX`] are

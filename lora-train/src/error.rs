@@ -89,6 +89,10 @@ pub enum TrainError {
         #[source]
         source: serde_json::Error,
     },
+    /// A metric was given input it cannot score (no hypotheses, mismatched counts, a
+    /// hypothesis without references).
+    #[error("cannot compute the metric: {0}")]
+    Metric(String),
     /// Tensor data could not be read back from the device (a backend problem, not user input).
     #[error("tensor data of `{what}` could not be read back: {reason}")]
     Data {

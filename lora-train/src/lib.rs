@@ -14,7 +14,8 @@
 //!   with truncation, dynamic padding, length-grouped batches, seeded shuffling, a validation
 //!   split; malformed rows are errors naming file and line.
 //! - **Evaluation** ([`metrics`]): loss; accuracy, F1, MCC; Pearson, Spearman; perplexity;
-//!   best-adapter tracking and early stopping.
+//!   best-adapter tracking and early stopping. Text generation ([`textgen_metrics`]): corpus
+//!   BLEU and ROUGE-L as the E2E NLG challenge's scripts compute them.
 //! - **Checkpoints** ([`checkpoint`]): the adapter in PEFT's format plus the trainable tensors,
 //!   optimizer state and [`TrainerState`], written atomically with last-k retention.
 //! - **Output** ([`progress`]): a progress bar (plain lines when not a terminal), a JSONL
@@ -69,6 +70,7 @@ pub mod optim;
 pub mod progress;
 pub mod sampler;
 pub mod schedule;
+pub mod textgen_metrics;
 pub mod trainer;
 
 pub use checkpoint::TrainerState;
@@ -85,6 +87,7 @@ pub use model::{
 pub use optim::{AdamW, OptimizerConfig};
 pub use progress::ProgressMode;
 pub use schedule::{ScheduleConfig, ScheduleKind, Warmup};
+pub use textgen_metrics::{BleuScore, E2eScores, corpus_bleu, corpus_rouge_l, e2e_scores};
 pub use trainer::{
     BestMetric, Interrupter, Metrics, Resume, StopReason, TrainSummary, Trained, Trainer,
     TrainerConfig,

@@ -403,7 +403,7 @@ impl GradAccumulator {
 pub fn global_norm(grads: &BTreeMap<String, Tensor<1>>) -> Result<f64> {
     let mut total: Option<Tensor<1>> = None;
     for g in grads.values() {
-        let sq = g.clone().powf_scalar(2.0).sum();
+        let sq = g.clone().square().sum();
         total = Some(match total {
             Some(t) => t + sq,
             None => sq,
@@ -526,13 +526,12 @@ impl AdamW {
                 let m = match self.opt.state.remove(&path) {
                     Some(s) => Moments {
                         exp_avg: s.exp_avg.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-                        exp_avg_sq: s.exp_avg_sq.mul_scalar(b2)
-                            + g.powf_scalar(2.0).mul_scalar(1.0 - b2),
+                        exp_avg_sq: s.exp_avg_sq.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
                         step: s.step + 1,
                     },
                     None => Moments {
                         exp_avg: g.clone().mul_scalar(1.0 - b1),
-                        exp_avg_sq: g.powf_scalar(2.0).mul_scalar(1.0 - b2),
+                        exp_avg_sq: g.square().mul_scalar(1.0 - b2),
                         step: 1,
                     },
                 };

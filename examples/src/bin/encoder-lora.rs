@@ -18,7 +18,8 @@ use burn::prelude::*;
 use clap::{Args, Parser, Subcommand};
 use lora_core::{LoraConfig, ParamReport, TargetModules, load_adapter};
 use lora_examples::{
-    CliError, ModelArgs, Result, RunArgs, device, model_dir, print_json, train_error,
+    CliError, ModelArgs, Result, RunArgs, data_file, device, exit_code, interruption, model_dir,
+    print_json, stop_on_ctrl_c, train_error,
 };
 use lora_models::TextTokenizer;
 use lora_models::bert::{
@@ -308,13 +309,31 @@ where
             warmup: Warmup::Ratio(a.warmup_ratio),
         },
         seed: a.run.seed,
-        metric_for_best: metric,
+        metric_for_best: metric.clone(),
         resume: a.run.resume_mode(),
         overwrite_output_dir: a.run.overwrite,
         ..TrainerConfig::default()
     };
+    let config_metric = metric;
     let label_names = train.label_names().map(<[String]>::to_vec);
-    let trained = Trainer::new(config, device)?
+    let trainer = Trainer::new(config, device)?;
+    // The held-out score of the starting point (fresh head, B = 0), so the run shows what LoRA
+    // changed; a resumed run already recorded it.
+    let before = match (&valid, a.run.resume) {
+        (Some(v), false) => {
+            let m = trainer
+                .evaluate(&model, v)
+                .map_err(|e| train_error(e, &a.run.out))?;
+            let text = serde_json::to_string(&m).unwrap_or_default();
+            lora_core::io::write_atomic(&a.run.out.join("eval_before.json"), text.as_bytes())?;
+            eprintln!("validation before training: {}", metric_line(&m));
+            Some(m)
+        }
+        _ => None,
+    };
+    let interrupter = trainer.interrupter();
+    stop_on_ctrl_c(interrupter.clone())?;
+    let trained = trainer
         .fit(model, &lora, &train, valid.as_ref())
         .map_err(|e| train_error(e, &a.run.out))?;
     let s = &trained.summary;
@@ -327,6 +346,9 @@ where
             lora_core::io::write_atomic(&d.join(LABELS_FILE), text.as_bytes())?;
         }
     }
+    if let Some(stopped) = interruption(&interrupter, s) {
+        return Err(stopped);
+    }
     eprintln!(
         "done: {} steps in {:.1?}, adapter in {}",
         s.global_step,
@@ -334,12 +356,31 @@ where
         s.adapter_dir.display()
     );
     if let Some(m) = &s.final_eval {
-        eprintln!("validation: {m:?}");
+        eprintln!("validation after training: {}", metric_line(m));
+        if let Some(b) = &before {
+            let key = &config_metric;
+            if let (Some(x), Some(y)) = (b.get(key), m.get(key)) {
+                eprintln!("held-out {key}: {x:.4} before → {y:.4} after LoRA");
+            }
+        }
     }
     Ok(())
 }
 
-fn train(a: TrainArgs) -> Result<()> {
+/// `name value` pairs of a metrics map, on one line.
+fn metric_line(m: &lora_train::Metrics) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn train(mut a: TrainArgs) -> Result<()> {
+    a.data = data_file(&a.data, "--data", "train")?;
+    a.valid = match a.valid.take() {
+        Some(v) => Some(data_file(&v, "--valid", "validation")?),
+        None => None,
+    };
     let dir = model_dir(&a.model.model)?;
     let device = device(&a.model.device)?;
     let tokenizer = TextTokenizer::from_dir(&dir)?;
@@ -375,7 +416,8 @@ fn with_adapter<M: EncoderCheckpoint>(
     })
 }
 
-fn eval(a: EvalArgs) -> Result<()> {
+fn eval(mut a: EvalArgs) -> Result<()> {
+    a.data = data_file(&a.data, "--data", "validation")?;
     let dir = model_dir(&a.model.model)?;
     let device = device(&a.model.device)?;
     let names = adapter_labels(a.adapter.as_deref())?;
@@ -512,11 +554,5 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict(a),
         Command::Info(a) => info(a),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }

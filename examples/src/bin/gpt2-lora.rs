@@ -6,15 +6,18 @@
 //! gpt2-lora info     --model DIR [--r 4 --alpha 32 --mode qv]
 //! gpt2-lora generate --model DIR [--adapter DIR] --prompt TEXT [--beams 10 ...] [--json]
 //! gpt2-lora merge    --model DIR --adapter DIR --out DIR
+//! gpt2-lora e2e-eval --model DIR [--adapter DIR] --data test.txt [--out DIR] [--json]
 //! ```
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lora_core::{LoraConfig, LoraModelExt, ParamReport, load_adapter};
 use lora_examples::{
-    CliError, ModelArgs, Result, RunArgs, device, model_dir, print_json, train_error,
+    CliError, ModelArgs, Result, RunArgs, data_file, device, exit_code, interruption, model_dir,
+    print_json, stop_on_ctrl_c, train_error,
 };
 use lora_models::TextTokenizer;
 use lora_models::gpt2::{CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, inject_gpt2_lora};
@@ -46,6 +49,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Fold an adapter into the weights and write a plain Hugging Face checkpoint.
     Merge(MergeArgs),
+    /// Generate one output per meaning representation of E2E data and score BLEU and ROUGE-L
+    /// as the E2E challenge's scripts do (the LoRA paper's decoding by default).
+    E2eEval(E2eEvalArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -235,6 +241,50 @@ struct MergeArgs {
     out: PathBuf,
 }
 
+#[derive(Args)]
+struct E2eEvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// PEFT adapter directory to apply (merged before decoding).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Tokenizer directory (tokenizer.json, or vocab.json + merges.txt); default: the model's.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// E2E data: rows `context||reference`; rows with the same context are one MR with
+    /// several references.
+    #[arg(long)]
+    data: PathBuf,
+    /// Column holding `context||reference` (JSONL/CSV/TSV; `.txt`: the whole line).
+    #[arg(long, default_value = "text")]
+    e2e_column: String,
+    /// Directory for hypotheses.txt (one output per MR), references.txt (the official
+    /// scripts' multi-reference format) and scores.json.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Score only the first N MRs.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Tokens to generate per MR at most.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Beam width (paper: 10; 1 = greedy).
+    #[arg(long, default_value_t = 10)]
+    beams: usize,
+    /// Beam-search length penalty (paper: 0.9).
+    #[arg(long, default_value_t = 0.9)]
+    length_penalty: f64,
+    /// Forbid repeated n-grams of this size (paper: 4; 0 = off).
+    #[arg(long, default_value_t = 4)]
+    no_repeat_ngram_size: usize,
+    /// MRs decoded together.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Print the scores as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn load(
     args: &ModelArgs,
 ) -> Result<(
@@ -256,7 +306,12 @@ fn mode(m: Mode) -> CAttnMode {
     }
 }
 
-fn train(a: TrainArgs) -> Result<()> {
+fn train(mut a: TrainArgs) -> Result<()> {
+    a.data = data_file(&a.data, "--data", "train")?;
+    a.valid = match a.valid.take() {
+        Some(v) => Some(data_file(&v, "--valid", "validation")?),
+        None => None,
+    };
     let (model, _, dir, device) = load(&a.model)?;
     let tokenizer = TextTokenizer::from_dir(a.data_args.tokenizer.as_deref().unwrap_or(&dir))?;
     let data = a
@@ -302,10 +357,16 @@ fn train(a: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&a.run.out)
         .map_err(|e| CliError::Message(format!("--out {}: {e}", a.run.out.display())))?;
     lora_core::io::write_atomic(&a.run.out.join("run.json"), run.to_string().as_bytes())?;
-    let trained = Trainer::new(config, device)?
+    let trainer = Trainer::new(config, device)?;
+    let interrupter = trainer.interrupter();
+    stop_on_ctrl_c(interrupter.clone())?;
+    let trained = trainer
         .fit(model, &lora, &train_set, valid_set.as_ref())
         .map_err(|e| train_error(e, &a.run.out))?;
     let s = &trained.summary;
+    if let Some(stopped) = interruption(&interrupter, s) {
+        return Err(stopped);
+    }
     eprintln!(
         "done: {} steps in {:.1?}, first loss {:.4}, last loss {:.4}, adapter in {}",
         s.global_step,
@@ -320,7 +381,8 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval(a: EvalArgs) -> Result<()> {
+fn eval(mut a: EvalArgs) -> Result<()> {
+    a.data = data_file(&a.data, "--data", "validation")?;
     let (mut model, _, dir, device) = load(&a.model)?;
     if let Some(adapter) = &a.adapter {
         model = load_adapter(&model, adapter, "default")?.0;
@@ -438,6 +500,166 @@ fn merge(a: MergeArgs) -> Result<()> {
     Ok(())
 }
 
+/// One meaning representation with its references, in file order.
+struct Mr {
+    /// The context as written before `||` (the prompt, tokenized as in training).
+    context: String,
+    references: Vec<String>,
+}
+
+/// Groups E2E rows by context (trimmed), keeping the order of first appearance.
+fn group_mrs(records: Vec<lora_train::Record>) -> Vec<Mr> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut mrs: Vec<Mr> = Vec::new();
+    for r in records {
+        let lora_train::data::RawTarget::Completion(reference) = r.target else {
+            continue;
+        };
+        let key = r.text.trim().to_string();
+        let i = *index.entry(key).or_insert_with(|| {
+            mrs.push(Mr {
+                context: r.text.clone(),
+                references: Vec::new(),
+            });
+            mrs.len() - 1
+        });
+        mrs[i].references.push(reference.trim().to_string());
+    }
+    mrs
+}
+
+fn write_file(path: &std::path::Path, text: &str) -> Result<()> {
+    lora_core::io::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+fn e2e_eval(mut a: E2eEvalArgs) -> Result<()> {
+    a.data = data_file(&a.data, "--data", "test")?;
+    if a.batch_size == 0 {
+        return Err(CliError::Message("--batch-size must be at least 1".into()));
+    }
+    let records = lora_train::read_records(&a.data, &Columns::e2e(&a.e2e_column))?;
+    let mut mrs = group_mrs(records);
+    if let Some(n) = a.limit {
+        mrs.truncate(n);
+    }
+    if mrs.is_empty() {
+        return Err(CliError::Message(format!(
+            "--data {}: no meaning representation to score",
+            a.data.display()
+        )));
+    }
+    let (mut model, config, dir, device) = load(&a.model)?;
+    if let Some(adapter) = &a.adapter {
+        model = load_adapter(&model, adapter, "default")?.0;
+        model.merge_active()?; // decoding at base cost
+    }
+    let tokenizer = TextTokenizer::from_dir(a.tokenizer.as_deref().unwrap_or(&dir))?;
+    let Some(room) = config
+        .n_positions
+        .checked_sub(a.max_new_tokens)
+        .filter(|&r| r > 0)
+    else {
+        return Err(CliError::Message(format!(
+            "--max-new-tokens {} leaves no room for the context in {} positions",
+            a.max_new_tokens, config.n_positions
+        )));
+    };
+    let decoding = if a.beams > 1 {
+        Decoding::Beam {
+            num_beams: a.beams,
+            length_penalty: a.length_penalty,
+            early_stopping: true,
+        }
+    } else {
+        Decoding::Greedy
+    };
+    let gen_config = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        decoding,
+        no_repeat_ngram_size: a.no_repeat_ngram_size,
+        eos_token_id: Some(config.eos_token_id as u32),
+        pad_token_id: config.eos_token_id as u32,
+    };
+    let start = std::time::Instant::now();
+    let mut hypotheses: Vec<String> = Vec::with_capacity(mrs.len());
+    for chunk in mrs.chunks(a.batch_size) {
+        let mut prompts = Vec::with_capacity(chunk.len());
+        for mr in chunk {
+            let mut ids = tokenizer.encode(&mr.context)?;
+            if ids.is_empty() {
+                return Err(CliError::Message(format!(
+                    "--data {}: an MR has an empty context",
+                    a.data.display()
+                )));
+            }
+            // Cut from the left, as training truncates prompts.
+            if ids.len() > room {
+                ids.drain(..ids.len() - room);
+            }
+            prompts.push(ids);
+        }
+        let out = model.generate(&prompts, &gen_config, &device)?;
+        for tokens in &out.tokens {
+            let text = tokenizer.decode(tokens, true)?;
+            // One line per MR in hypotheses.txt, as the official scripts read it.
+            hypotheses.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        if !a.json {
+            eprintln!("generated {}/{}", hypotheses.len(), mrs.len());
+        }
+    }
+    let references: Vec<Vec<String>> = mrs.iter().map(|m| m.references.clone()).collect();
+    let scores = lora_train::e2e_scores(&hypotheses, &references)?;
+    let n_references: usize = references.iter().map(Vec::len).sum();
+    let mut report = serde_json::json!({
+        "bleu": scores.bleu.bleu,
+        "rouge_l": scores.rouge_l,
+        "n_mrs": mrs.len(),
+        "n_references": n_references,
+        "bleu_details": scores.bleu,
+        "decoding": {
+            "beams": a.beams,
+            "length_penalty": a.length_penalty,
+            "no_repeat_ngram_size": a.no_repeat_ngram_size,
+            "max_new_tokens": a.max_new_tokens,
+        },
+        "model": dir,
+        "adapter": a.adapter,
+        "data": a.data,
+        "generation_seconds": start.elapsed().as_secs_f64(),
+    });
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out)
+            .map_err(|e| CliError::Message(format!("--out {}: {e}", out.display())))?;
+        let mut hyp_text = hypotheses.join("\n");
+        hyp_text.push('\n');
+        write_file(&out.join("hypotheses.txt"), &hyp_text)?;
+        // e2e-metrics' multi-reference format: references one per line, MRs separated by a
+        // blank line, so `measure_scores.py references.txt hypotheses.txt` runs on these files.
+        let ref_text: String = references
+            .iter()
+            .map(|rs| rs.join("\n") + "\n")
+            .collect::<Vec<_>>()
+            .join("\n");
+        write_file(&out.join("references.txt"), &ref_text)?;
+        report["hypotheses_file"] = serde_json::json!(out.join("hypotheses.txt"));
+        write_file(&out.join("scores.json"), &report.to_string())?;
+    }
+    if a.json {
+        print_json(&report);
+    } else {
+        println!(
+            "BLEU {:.4}  ROUGE-L {:.4}  ({} MRs, {} references)",
+            scores.bleu.bleu,
+            scores.rouge_l,
+            mrs.len(),
+            n_references
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -446,12 +668,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info(a),
         Command::Generate(a) => generate(a),
         Command::Merge(a) => merge(a),
+        Command::E2eEval(a) => e2e_eval(a),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }

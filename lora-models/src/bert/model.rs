@@ -12,9 +12,11 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig, Linear,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate, relu, silu, softmax, tanh};
-use burn::tensor::module::linear;
-use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, LoraSites, join_path, lora_sites};
+use burn::tensor::activation::{gelu, softmax, tanh};
+
+use lora_core::{
+    LoraEmbedding, LoraLayer, LoraLinear, LoraSites, join_path, linear_rows, lora_sites,
+};
 
 use super::config::{BertConfig, EncoderFamily};
 use crate::error::{ModelError, Result};
@@ -57,15 +59,6 @@ macro_rules! top_level_sites {
             }
         }
     };
-}
-
-fn activate<const D: usize>(act: Activation, x: Tensor<D>) -> Tensor<D> {
-    match act {
-        Activation::Gelu => gelu(x),
-        Activation::GeluNew => gelu_approximate(x),
-        Activation::Relu => relu(x),
-        Activation::Silu => silu(x),
-    }
 }
 
 /// A linear layer initialised as transformers does: weight N(0, std), bias 0 (lazily, so a
@@ -234,7 +227,7 @@ impl BertIntermediate {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` → `[batch, seq, intermediate]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        activate(self.activation, self.dense.forward(x))
+        self.activation.forward(self.dense.forward(x))
     }
 }
 
@@ -616,7 +609,7 @@ impl RobertaLMHead {
     pub fn forward(&self, hidden: Tensor<3>, word_embeddings: &LoraEmbedding) -> Tensor<3> {
         let x = self.layer_norm.forward(gelu(self.dense.forward(hidden)));
         // Tied decoder: the input table (with its LoRA update, if any), transposed.
-        linear(
+        linear_rows(
             x,
             word_embeddings.effective_weight().transpose(),
             Some(self.bias.val()),

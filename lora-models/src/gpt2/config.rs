@@ -60,6 +60,9 @@ pub struct Gpt2Config {
     /// LayerNorm epsilon (1e-5).
     #[serde(default = "d_eps")]
     pub layer_norm_epsilon: f64,
+    /// Standard deviation of the normal initialisation of a model built from scratch (0.02).
+    #[serde(default = "d_init")]
+    pub initializer_range: f64,
     /// Divide attention scores by `sqrt(head_dim)` (true).
     #[serde(default = "d_true")]
     pub scale_attn_weights: bool,
@@ -101,6 +104,9 @@ fn d_drop() -> f64 {
 fn d_eps() -> f64 {
     1e-5
 }
+fn d_init() -> f64 {
+    0.02
+}
 fn d_true() -> bool {
     true
 }
@@ -126,6 +132,7 @@ impl Default for Gpt2Config {
             embd_pdrop: d_drop(),
             attn_pdrop: d_drop(),
             layer_norm_epsilon: d_eps(),
+            initializer_range: d_init(),
             scale_attn_weights: true,
             scale_attn_by_inverse_layer_idx: false,
             reorder_and_upcast_attn: false,

@@ -2,11 +2,13 @@
 //! Every linear layer is a [`LoraLinear`] and `wte` a [`LoraEmbedding`], so any of them can carry
 //! an adapter; the LM head is tied to `wte`.
 
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig, Linear,
+};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate, relu, silu, softmax};
-use burn::tensor::module::linear;
-use lora_core::{LoraEmbedding, LoraEmbeddingConfig, LoraLinear, LoraLinearConfig, lora_sites};
+use burn::tensor::activation::softmax;
+
+use lora_core::{LoraEmbedding, LoraLinear, linear_rows, lora_sites};
 
 use super::config::{Activation, Gpt2Config};
 use crate::error::{ModelError, Result};
@@ -132,12 +134,7 @@ impl Gpt2Mlp {
     /// - `x`: `[batch, seq, n_embd]` → `[batch, seq, n_embd]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.c_fc.forward(x);
-        let h = match self.activation {
-            Activation::GeluNew => gelu_approximate(h),
-            Activation::Gelu => gelu(h),
-            Activation::Relu => relu(h),
-            Activation::Silu => silu(h),
-        };
+        let h = self.activation.forward(h);
         self.dropout.forward(self.c_proj.forward(h))
     }
 }
@@ -208,10 +205,25 @@ pub struct Gpt2LmHeadModel {
 lora_sites!(Gpt2LmHeadModel { transformer });
 
 impl Gpt2Config {
-    /// Creates the model with lazily initialised parameters (loading weights right after
-    /// allocates no random init).
+    /// Creates the model with transformers' initialisation of a fresh GPT-2: weights and
+    /// embeddings N(0, `initializer_range`), the residual projections (`c_proj`) scaled down by
+    /// `1/sqrt(2·n_layer)`, biases 0, LayerNorm 1/0. Parameters are lazy, so loading weights right
+    /// after allocates no random init.
     pub fn init(&self, device: &Device) -> Gpt2LmHeadModel {
         let d = self.n_embd;
+        let std = self.initializer_range;
+        // GPT-2 scales the init of projections that add into the residual stream, so its
+        // variance does not grow with depth.
+        let proj_std = std / (2.0 * self.n_layer.max(1) as f64).sqrt();
+        let linear = |d_in: usize, d_out: usize, std: f64| {
+            LoraLinear::from_linear(Linear {
+                weight: Initializer::Normal { mean: 0.0, std }.init([d_in, d_out], device),
+                bias: Some(Initializer::Zeros.init([d_out], device)),
+            })
+        };
+        let embedding = |n: usize| Embedding {
+            weight: Initializer::Normal { mean: 0.0, std }.init([n, d], device),
+        };
         let ln = || {
             LayerNormConfig::new(d)
                 .with_epsilon(self.layer_norm_epsilon)
@@ -229,8 +241,8 @@ impl Gpt2Config {
                 Gpt2Block {
                     ln_1: ln(),
                     attn: Gpt2Attention {
-                        c_attn: LoraLinearConfig::new(d, 3 * d).init(device),
-                        c_proj: LoraLinearConfig::new(d, d).init(device),
+                        c_attn: linear(d, 3 * d, std),
+                        c_proj: linear(d, d, proj_std),
                         attn_dropout: DropoutConfig::new(self.attn_pdrop).init(),
                         resid_dropout: DropoutConfig::new(self.resid_pdrop).init(),
                         n_head: self.n_head,
@@ -238,8 +250,8 @@ impl Gpt2Config {
                     },
                     ln_2: ln(),
                     mlp: Gpt2Mlp {
-                        c_fc: LoraLinearConfig::new(d, self.inner()).init(device),
-                        c_proj: LoraLinearConfig::new(self.inner(), d).init(device),
+                        c_fc: linear(d, self.inner(), std),
+                        c_proj: linear(self.inner(), d, proj_std),
                         dropout: DropoutConfig::new(self.resid_pdrop).init(),
                         activation: self.activation_function,
                     },
@@ -249,8 +261,8 @@ impl Gpt2Config {
         Gpt2LmHeadModel {
             label_smoothing: 0.0,
             transformer: Gpt2Model {
-                wte: LoraEmbeddingConfig::new(self.vocab_size, d).init(device),
-                wpe: EmbeddingConfig::new(self.n_positions, d).init(device),
+                wte: LoraEmbedding::from_embedding(embedding(self.vocab_size)),
+                wpe: embedding(self.n_positions),
                 drop: DropoutConfig::new(self.embd_pdrop).init(),
                 h,
                 ln_f: ln(),
@@ -382,7 +394,7 @@ impl Gpt2LmHeadModel {
             .transformer
             .forward(ids, attention_mask, position_ids, cache)?;
         // Tied head: the same table as the input embedding (with its LoRA update, if any).
-        let logits = linear(
+        let logits = linear_rows(
             hidden,
             self.transformer.wte.effective_weight().transpose(),
             None,

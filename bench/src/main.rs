@@ -1,0 +1,413 @@
+//! `lora-bench`: LoRA vs full fine-tuning vs burn's `apply_lora`, and merged/unmerged
+//! inference, on GPT-2 small and RoBERTa-base shapes, on every compiled device; optionally
+//! PyTorch + PEFT in the same run. See the crate docs and `docs/benchmarks.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use clap::Parser;
+use lora_bench::arch::{Arch, LoraShape, Size, Targets, TrainMode};
+use lora_bench::measure::{InferRun, RunSpec, TrainRun, run_infer, run_train};
+use lora_bench::report::{Report, Setup, TORCH_DEVICE};
+use lora_bench::{BenchError, Result};
+use lora_core::device::{device_names, parse_device};
+use serde::{Deserialize, Serialize};
+
+/// Benchmark LoRA training and inference (random weights of real shapes; nothing downloaded).
+#[derive(Parser, Debug)]
+#[command(name = "lora-bench", version)]
+struct Args {
+    /// Architectures to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["gpt2", "roberta"])]
+    arch: Vec<Arch>,
+    /// Devices (default: every one compiled in; one without an adapter is reported, not fatal).
+    #[arg(long, value_delimiter = ',')]
+    device: Vec<String>,
+    /// Training modes.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["full", "lora", "burn-lora"])]
+    mode: Vec<TrainMode>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Untimed warm-up steps per measurement.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed steps per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    r: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f64,
+    /// Layers that get adapters: `attention` (the paper's: GPT-2 `c_attn`, RoBERTa
+    /// `query`/`value`) or `all-linear` (every linear layer of the blocks).
+    #[arg(long, value_enum, default_value = "attention")]
+    targets: Targets,
+    /// Vocabulary size instead of the real one (50257 / 50265), for GPU adapters whose
+    /// storage-buffer binding limit is below the 154 MB embedding table (lavapipe: 128 MiB).
+    #[arg(long)]
+    vocab: Option<usize>,
+    /// `real` shapes, or `tiny` ones for a quick check of the pipeline.
+    #[arg(long, value_enum, default_value = "real")]
+    size: Size,
+    /// Skip the inference comparison.
+    #[arg(long)]
+    no_infer: bool,
+    /// Skip training (inference only).
+    #[arg(long)]
+    no_train: bool,
+    /// Python interpreter with torch, transformers and peft: also run `scripts/bench_torch.py`
+    /// on the same shapes, in this run, and compare.
+    #[arg(long, value_name = "PYTHON")]
+    torch: Option<PathBuf>,
+    /// The PyTorch script (default: the workspace's `scripts/bench_torch.py`).
+    #[arg(long)]
+    torch_script: Option<PathBuf>,
+    /// Threads PyTorch may use (default: the number of CPUs, as burn's CPU backends use).
+    #[arg(long)]
+    torch_threads: Option<usize>,
+    /// Write the report as JSON here.
+    #[arg(long, default_value = "bench-results.json")]
+    json: PathBuf,
+    /// Also write the Markdown tables here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Run measurements in this process instead of one child process each (faster to start,
+    /// but every peak-memory figure then includes the runs before it).
+    #[arg(long)]
+    in_process: bool,
+    /// Internal: run one measurement (JSON task) and print its result as JSON.
+    #[arg(long, hide = true)]
+    child: Option<String>,
+}
+
+/// One measurement, as handed to a child process.
+#[derive(Debug, Serialize, Deserialize)]
+struct Task {
+    spec: RunSpec,
+    /// `None`: the inference comparison.
+    mode: Option<TrainMode>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Outcome {
+    Train(TrainRun),
+    Infer(InferRun),
+}
+
+fn run_task(task: &Task) -> Result<Outcome> {
+    let device = parse_device(&task.spec.device)?;
+    Ok(match task.mode {
+        Some(mode) => Outcome::Train(run_train(&task.spec, mode, &device)?),
+        None => Outcome::Infer(run_infer(&task.spec, &device)?),
+    })
+}
+
+/// Runs `task` in a fresh process of this program, so its peak memory is its own.
+fn run_child(task: &Task) -> Result<Outcome> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .arg("--child")
+        .arg(serde_json::to_string(task)?)
+        .stderr(Stdio::inherit())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    if !out.status.success() {
+        let why = if last.is_empty() {
+            format!("exit status {}", out.status)
+        } else {
+            last.to_string()
+        };
+        return Err(BenchError::Invalid(why));
+    }
+    Ok(serde_json::from_str(last)?)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+}
+
+fn git_commit() -> Option<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rev = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    if !rev.status.success() {
+        return None;
+    }
+    let mut commit = String::from_utf8_lossy(&rev.stdout).trim().to_string();
+    let dirty = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()
+        .is_some_and(|o| !o.stdout.is_empty());
+    if dirty {
+        commit.push_str("-dirty");
+    }
+    Some(commit)
+}
+
+/// What `scripts/bench_torch.py` writes.
+#[derive(Debug, Deserialize)]
+struct TorchResults {
+    setup: serde_json::Value,
+    train: Vec<TrainRun>,
+    infer: Vec<InferRun>,
+    #[serde(default)]
+    failures: Vec<String>,
+}
+
+fn run_torch(args: &Args, python: &Path) -> Result<TorchResults> {
+    let script = args
+        .torch_script
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_torch.py"));
+    if !script.is_file() {
+        return Err(BenchError::Invalid(format!(
+            "PyTorch script {} not found",
+            script.display()
+        )));
+    }
+    let out_file =
+        std::env::temp_dir().join(format!("lora-bench-torch-{}.json", std::process::id()));
+    let threads = args
+        .torch_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let archs: Vec<&str> = args
+        .arch
+        .iter()
+        .map(|a| match a {
+            Arch::Gpt2 => "gpt2",
+            Arch::Roberta => "roberta",
+        })
+        .collect();
+    let modes: Vec<&str> = args
+        .mode
+        .iter()
+        .filter(|m| **m != TrainMode::BurnLora)
+        .map(|m| m.name())
+        .collect();
+    let mut cmd = Command::new(python);
+    cmd.arg(&script)
+        .args(["--arch", &archs.join(",")])
+        .args(["--mode", &modes.join(",")])
+        .args([
+            "--batch",
+            &args.batch.to_string(),
+            "--seq",
+            &args.seq.to_string(),
+        ])
+        .args([
+            "--warmup",
+            &args.warmup.to_string(),
+            "--steps",
+            &args.steps.to_string(),
+        ])
+        .args([
+            "--r",
+            &args.r.to_string(),
+            "--alpha",
+            &args.alpha.to_string(),
+        ])
+        .args(["--threads", &threads.to_string()])
+        .args(["--targets", args.targets.name()])
+        .args(args.vocab.map(|v| format!("--vocab={v}")))
+        .args([
+            "--size",
+            if args.size == Size::Tiny {
+                "tiny"
+            } else {
+                "real"
+            },
+        ])
+        .arg("--json")
+        .arg(&out_file);
+    if args.no_infer {
+        cmd.arg("--no-infer");
+    }
+    if args.no_train {
+        cmd.arg("--no-train");
+    }
+    eprintln!("PyTorch + PEFT reference: {}", script.display());
+    let status = cmd
+        .stderr(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .status();
+    let status =
+        status.map_err(|e| BenchError::Invalid(format!("running {}: {e}", python.display())))?;
+    if !status.success() {
+        return Err(BenchError::Invalid(format!(
+            "{} exited with {status}",
+            script.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&out_file)?;
+    let _ = std::fs::remove_file(&out_file);
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn run(args: Args) -> Result<()> {
+    if let Some(task) = &args.child {
+        let task: Task = serde_json::from_str(task)?;
+        let outcome = run_task(&task)?;
+        println!("{}", serde_json::to_string(&outcome)?);
+        return Ok(());
+    }
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 || args.r == 0 {
+        return Err(BenchError::Invalid(
+            "--batch, --steps and --r must be at least 1 and --seq at least 2".into(),
+        ));
+    }
+    let devices = if args.device.is_empty() {
+        device_names()
+            .into_iter()
+            .filter(|d| ["flex", "ndarray", "wgpu"].contains(d))
+            .map(String::from)
+            .collect()
+    } else {
+        args.device.clone()
+    };
+    let lora = LoraShape {
+        r: args.r,
+        alpha: args.alpha,
+    };
+    let mut report = Report {
+        setup: Setup {
+            cpu: cpu_model(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            commit: git_commit(),
+            batch: args.batch,
+            seq: args.seq,
+            warmup: args.warmup,
+            steps: args.steps,
+            lora: Some(lora),
+            targets: Some(args.targets),
+            vocab: args.vocab,
+            size: Some(args.size),
+            torch: None,
+        },
+        ..Report::default()
+    };
+    for &arch in &args.arch {
+        for device in &devices {
+            // Probe once in this process: a missing GPU is a line in the report, not an error.
+            if let Err(e) = parse_device(device) {
+                report
+                    .failures
+                    .push(format!("{} on {device}: {e}", arch.label()));
+                continue;
+            }
+            let spec = RunSpec {
+                arch,
+                size: args.size,
+                device: device.clone(),
+                batch: args.batch,
+                seq: args.seq,
+                warmup: args.warmup,
+                steps: args.steps,
+                lora,
+                targets: args.targets,
+                vocab: args.vocab,
+            };
+            let mut tasks: Vec<Option<TrainMode>> = Vec::new();
+            if !args.no_train {
+                tasks.extend(args.mode.iter().copied().map(Some));
+            }
+            if !args.no_infer {
+                tasks.push(None);
+            }
+            for mode in tasks {
+                let task = Task {
+                    spec: spec.clone(),
+                    mode,
+                };
+                let what = mode.map_or("inference", TrainMode::name);
+                eprintln!("{} on {device}: {what}", arch.label());
+                let outcome = if args.in_process {
+                    run_task(&task)
+                } else {
+                    run_child(&task)
+                };
+                match outcome {
+                    Ok(Outcome::Train(r)) => report.train.push(r),
+                    Ok(Outcome::Infer(r)) => report.infer.push(r),
+                    Err(e) => {
+                        let line = format!(
+                            "{} on {device}, {what}: {}",
+                            arch.label(),
+                            first_line(&e.to_string())
+                        );
+                        eprintln!("  failed: {line}");
+                        report.failures.push(line);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(python) = &args.torch {
+        match run_torch(&args, python) {
+            Ok(t) => {
+                report.setup.torch = Some(t.setup);
+                report.train.extend(t.train.into_iter().map(|mut r| {
+                    r.device = TORCH_DEVICE.into();
+                    r
+                }));
+                report.infer.extend(t.infer.into_iter().map(|mut r| {
+                    r.device = TORCH_DEVICE.into();
+                    r
+                }));
+                report.failures.extend(t.failures);
+            }
+            Err(e) => report
+                .failures
+                .push(format!("PyTorch reference: {}", first_line(&e.to_string()))),
+        }
+    }
+    report.compute_ratios();
+    let table = report.table();
+    println!("{table}");
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("wrote {}", args.json.display());
+    if let Some(md) = &args.markdown {
+        std::fs::write(md, &table)?;
+        eprintln!("wrote {}", md.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let child = args.child.is_some();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = first_line(&e.to_string());
+            if child {
+                // The parent reads the last stdout line as the reason.
+                println!("{line}");
+            } else {
+                eprintln!("error: {line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
