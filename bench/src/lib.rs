@@ -32,6 +32,7 @@
 //! println!("median step {:.2} s, peak RSS {:?}", run.median_s, run.peak_rss_bytes);
 //! # Ok::<(), lora_bench::BenchError>(())
 //! ```
+#![warn(missing_docs)]
 
 pub mod arch;
 pub mod measure;

@@ -4,6 +4,7 @@
 //! encoder program: device selection, model-directory and data-file resolution (local paths,
 //! or Hugging Face hub ids with the `hub` feature, see [`hub`]), Ctrl-C handling, one-line
 //! errors.
+#![warn(missing_docs)]
 
 pub mod hub;
 

@@ -66,6 +66,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![warn(missing_docs)]
 
 pub mod adapter;
 pub mod config;

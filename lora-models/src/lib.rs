@@ -5,6 +5,7 @@
 //! equal Hugging Face's (`transformer.h.0.attn.c_attn`), every linear layer is a
 //! [`lora_core::LoraLinear`], so [`lora_core::inject_adapter`] and PEFT adapter files work on them
 //! directly.
+#![warn(missing_docs)]
 
 pub mod activation;
 pub mod bert;
