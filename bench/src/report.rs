@@ -247,30 +247,32 @@ impl Report {
             if runs.is_empty() && infers.is_empty() {
                 continue;
             }
-            let _ = writeln!(t, "\n{} — training step", arch.label());
-            let _ = writeln!(
-                t,
-                "| device | mode | step s (median) | forward s | backward s | optimizer s | peak RSS MiB | peak − model MiB | device reserved MiB | trainable params | loss first → last |"
-            );
-            let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-            let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.3}"));
-            for r in runs {
+            if !runs.is_empty() {
+                let _ = writeln!(t, "\n{} — training step", arch.label());
                 let _ = writeln!(
                     t,
-                    "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {:.4} → {:.4} |",
-                    r.device,
-                    r.mode,
-                    r.median_s,
-                    secs(r.forward_s),
-                    secs(r.backward_s),
-                    secs(r.optimizer_s),
-                    mb(r.peak_rss_bytes),
-                    mb(training_memory(r)),
-                    mb(r.device_reserved_bytes),
-                    r.trainable_params,
-                    r.loss_first,
-                    r.loss_last
+                    "| device | mode | step s (median) | forward s | backward s | optimizer s | peak RSS MiB | peak − model MiB | device reserved MiB | trainable params | loss first → last |"
                 );
+                let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+                let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.3}"));
+                for r in runs {
+                    let _ = writeln!(
+                        t,
+                        "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {:.4} → {:.4} |",
+                        r.device,
+                        r.mode,
+                        r.median_s,
+                        secs(r.forward_s),
+                        secs(r.backward_s),
+                        secs(r.optimizer_s),
+                        mb(r.peak_rss_bytes),
+                        mb(training_memory(r)),
+                        mb(r.device_reserved_bytes),
+                        r.trainable_params,
+                        r.loss_first,
+                        r.loss_last
+                    );
+                }
             }
             if !infers.is_empty() {
                 let _ = writeln!(t, "\n{} — inference forward", arch.label());
