@@ -25,6 +25,14 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Name used on the command line (and by `scripts/bench_torch.py`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Gpt2 => "gpt2",
+            Arch::Roberta => "roberta",
+        }
+    }
+
     /// Human-readable name of the real-size shapes.
     pub fn label(self) -> &'static str {
         match self {

@@ -192,14 +192,7 @@ fn run_torch(args: &Args, python: &Path) -> Result<TorchResults> {
     let threads = args
         .torch_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let archs: Vec<&str> = args
-        .arch
-        .iter()
-        .map(|a| match a {
-            Arch::Gpt2 => "gpt2",
-            Arch::Roberta => "roberta",
-        })
-        .collect();
+    let archs: Vec<&str> = args.arch.iter().map(|a| a.name()).collect();
     let modes: Vec<&str> = args
         .mode
         .iter()

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Gradients;
@@ -145,17 +145,10 @@ fn scalar(t: Tensor<1>) -> Result<f64> {
 
 /// Number of elements of the parameters that require gradients.
 pub fn trainable_params<M: Module>(model: &M) -> u64 {
-    struct Count(u64);
-    impl ModuleVisitor for Count {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if param.is_require_grad() {
-                self.0 += param.lazy_shape().num_elements() as u64;
-            }
-        }
-    }
-    let mut c = Count(0);
-    model.visit(&mut c);
-    c.0
+    lora_train::optim::trainable_params(model)
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>() as u64)
+        .sum()
 }
 
 /// The optimizer of a mode: ours (lora-train's AdamW, what our `Trainer` runs) or burn's.

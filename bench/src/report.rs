@@ -115,7 +115,6 @@ impl Report {
             .map(|r| (r.arch, r.device.clone()))
             .chain(self.infer.iter().map(|r| (r.arch, r.device.clone())))
             .collect();
-        devices.dedup();
         devices.sort_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
         devices.dedup();
         for (arch, device) in &devices {

@@ -12,6 +12,7 @@ pub mod bert;
 pub mod error;
 pub mod gpt2;
 pub mod hf;
+mod init;
 pub mod loss;
 pub mod tokenizer;
 

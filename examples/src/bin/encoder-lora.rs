@@ -314,7 +314,6 @@ where
         overwrite_output_dir: a.run.overwrite,
         ..TrainerConfig::default()
     };
-    let config_metric = metric;
     let label_names = train.label_names().map(<[String]>::to_vec);
     let trainer = Trainer::new(config, device)?;
     // The held-out score of the starting point (fresh head, B = 0), so the run shows what LoRA
@@ -358,7 +357,8 @@ where
     if let Some(m) = &s.final_eval {
         eprintln!("validation after training: {}", metric_line(m));
         if let Some(b) = &before {
-            let key = &config_metric;
+            // The trainer accepts an `eval_` prefix; the metrics maps are keyed without it.
+            let key = metric.strip_prefix("eval_").unwrap_or(&metric);
             if let (Some(x), Some(y)) = (b.get(key), m.get(key)) {
                 eprintln!("held-out {key}: {x:.4} before → {y:.4} after LoRA");
             }

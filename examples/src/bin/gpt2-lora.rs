@@ -10,7 +10,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -285,18 +285,58 @@ struct E2eEvalArgs {
     json: bool,
 }
 
-fn load(
-    args: &ModelArgs,
-) -> Result<(
+/// A loaded checkpoint: the model, its config, its directory and the device.
+type Loaded = (
     Gpt2LmHeadModel,
     lora_models::gpt2::Gpt2Config,
     PathBuf,
     burn::prelude::Device,
-)> {
+);
+
+fn load(args: &ModelArgs) -> Result<Loaded> {
     let dir = model_dir(&args.model)?;
     let device = device(&args.device)?;
     let (model, config) = Gpt2LmHeadModel::from_pretrained(&dir, &device)?;
     Ok((model, config, dir, device))
+}
+
+/// [`load`], with `adapter` (if any) merged so decoding runs at the base model's cost.
+fn load_merged(args: &ModelArgs, adapter: Option<&Path>) -> Result<Loaded> {
+    let (mut model, config, dir, device) = load(args)?;
+    if let Some(adapter) = adapter {
+        model = load_adapter(&model, adapter, "default")?.0;
+        model.merge_active()?;
+    }
+    Ok((model, config, dir, device))
+}
+
+/// Beam search for `beams > 1`, greedy otherwise.
+fn beam_or_greedy(beams: usize, length_penalty: f64) -> Decoding {
+    if beams > 1 {
+        Decoding::Beam {
+            num_beams: beams,
+            length_penalty,
+            early_stopping: true,
+        }
+    } else {
+        Decoding::Greedy
+    }
+}
+
+/// Generation settings with the checkpoint's end-of-text token (also used as padding).
+fn generation_config(
+    config: &lora_models::gpt2::Gpt2Config,
+    max_new_tokens: usize,
+    decoding: Decoding,
+    no_repeat_ngram_size: usize,
+) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        decoding,
+        no_repeat_ngram_size,
+        eos_token_id: Some(config.eos_token_id as u32),
+        pad_token_id: config.eos_token_id as u32,
+    }
 }
 
 fn mode(m: Mode) -> CAttnMode {
@@ -427,37 +467,22 @@ fn info(a: InfoArgs) -> Result<()> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let (mut model, config, dir, device) = load(&a.model)?;
-    if let Some(adapter) = &a.adapter {
-        model = load_adapter(&model, adapter, "default")?.0;
-        model.merge_active()?;
-    }
+    let (model, config, dir, device) = load_merged(&a.model, a.adapter.as_deref())?;
     let tokenizer = TextTokenizer::from_dir(a.tokenizer.as_deref().unwrap_or(&dir))?;
     let prompt = tokenizer.encode(&a.prompt)?;
     if prompt.is_empty() {
         return Err(CliError::Message("--prompt is empty".into()));
     }
-    let decoding = match (a.temperature, a.beams) {
-        (Some(temperature), _) => Decoding::Sample {
+    let decoding = match a.temperature {
+        Some(temperature) => Decoding::Sample {
             temperature,
             top_k: a.top_k,
             top_p: a.top_p,
             seed: a.seed,
         },
-        (None, b) if b > 1 => Decoding::Beam {
-            num_beams: b,
-            length_penalty: a.length_penalty,
-            early_stopping: true,
-        },
-        _ => Decoding::Greedy,
+        None => beam_or_greedy(a.beams, a.length_penalty),
     };
-    let gen_config = GenerationConfig {
-        max_new_tokens: a.max_new_tokens,
-        decoding,
-        no_repeat_ngram_size: a.no_repeat_ngram_size,
-        eos_token_id: Some(config.eos_token_id as u32),
-        pad_token_id: config.eos_token_id as u32,
-    };
+    let gen_config = generation_config(&config, a.max_new_tokens, decoding, a.no_repeat_ngram_size);
     let out = model.generate(&[prompt], &gen_config, &device)?;
     let tokens = &out.tokens[0];
     let text = tokenizer.decode(tokens, true)?;
@@ -549,11 +574,7 @@ fn e2e_eval(mut a: E2eEvalArgs) -> Result<()> {
             a.data.display()
         )));
     }
-    let (mut model, config, dir, device) = load(&a.model)?;
-    if let Some(adapter) = &a.adapter {
-        model = load_adapter(&model, adapter, "default")?.0;
-        model.merge_active()?; // decoding at base cost
-    }
+    let (model, config, dir, device) = load_merged(&a.model, a.adapter.as_deref())?;
     let tokenizer = TextTokenizer::from_dir(a.tokenizer.as_deref().unwrap_or(&dir))?;
     let Some(room) = config
         .n_positions
@@ -565,22 +586,12 @@ fn e2e_eval(mut a: E2eEvalArgs) -> Result<()> {
             a.max_new_tokens, config.n_positions
         )));
     };
-    let decoding = if a.beams > 1 {
-        Decoding::Beam {
-            num_beams: a.beams,
-            length_penalty: a.length_penalty,
-            early_stopping: true,
-        }
-    } else {
-        Decoding::Greedy
-    };
-    let gen_config = GenerationConfig {
-        max_new_tokens: a.max_new_tokens,
-        decoding,
-        no_repeat_ngram_size: a.no_repeat_ngram_size,
-        eos_token_id: Some(config.eos_token_id as u32),
-        pad_token_id: config.eos_token_id as u32,
-    };
+    let gen_config = generation_config(
+        &config,
+        a.max_new_tokens,
+        beam_or_greedy(a.beams, a.length_penalty),
+        a.no_repeat_ngram_size,
+    );
     let start = std::time::Instant::now();
     let mut hypotheses: Vec<String> = Vec::with_capacity(mrs.len());
     for chunk in mrs.chunks(a.batch_size) {

@@ -8,9 +8,7 @@
 //! checkpoints, adapter files and parameter reports all see Hugging Face's names.
 
 use burn::module::Param;
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig, Linear,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax, tanh};
 
@@ -21,6 +19,7 @@ use lora_core::{
 use super::config::{BertConfig, EncoderFamily};
 use crate::error::{ModelError, Result};
 use crate::gpt2::Activation;
+use crate::init::{hf_embedding, hf_linear};
 
 /// The Hugging Face name of a burn parameter path of these models: `self_attn` → `self`,
 /// `layer_norm` → `LayerNorm` (except RoBERTa's `lm_head.layer_norm`, which Hugging Face spells
@@ -59,21 +58,6 @@ macro_rules! top_level_sites {
             }
         }
     };
-}
-
-/// A linear layer initialised as transformers does: weight N(0, std), bias 0 (lazily, so a
-/// checkpoint loaded right after costs no random init).
-pub(crate) fn hf_linear(d_in: usize, d_out: usize, std: f64, device: &Device) -> LoraLinear {
-    LoraLinear::from_linear(Linear {
-        weight: Initializer::Normal { mean: 0.0, std }.init([d_in, d_out], device),
-        bias: Some(Initializer::Zeros.init([d_out], device)),
-    })
-}
-
-fn hf_embedding(n: usize, d: usize, std: f64, device: &Device) -> Embedding {
-    Embedding {
-        weight: Initializer::Normal { mean: 0.0, std }.init([n, d], device),
-    }
 }
 
 fn layer_norm(config: &BertConfig, device: &Device) -> LayerNorm {

@@ -2,9 +2,7 @@
 //! Every linear layer is a [`LoraLinear`] and `wte` a [`LoraEmbedding`], so any of them can carry
 //! an adapter; the LM head is tied to `wte`.
 
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig, Linear,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
@@ -12,6 +10,7 @@ use lora_core::{LoraEmbedding, LoraLinear, linear_rows, lora_sites};
 
 use super::config::{Activation, Gpt2Config};
 use crate::error::{ModelError, Result};
+use crate::init::{hf_embedding, hf_linear};
 
 /// Keys and values of one block for the tokens seen so far: each `[batch, heads, past, head_dim]`.
 #[derive(Debug, Clone)]
@@ -215,15 +214,8 @@ impl Gpt2Config {
         // GPT-2 scales the init of projections that add into the residual stream, so its
         // variance does not grow with depth.
         let proj_std = std / (2.0 * self.n_layer.max(1) as f64).sqrt();
-        let linear = |d_in: usize, d_out: usize, std: f64| {
-            LoraLinear::from_linear(Linear {
-                weight: Initializer::Normal { mean: 0.0, std }.init([d_in, d_out], device),
-                bias: Some(Initializer::Zeros.init([d_out], device)),
-            })
-        };
-        let embedding = |n: usize| Embedding {
-            weight: Initializer::Normal { mean: 0.0, std }.init([n, d], device),
-        };
+        let linear = |d_in: usize, d_out: usize, std: f64| hf_linear(d_in, d_out, std, device);
+        let embedding = |n: usize| hf_embedding(n, d, std, device);
         let ln = || {
             LayerNormConfig::new(d)
                 .with_epsilon(self.layer_norm_epsilon)
