@@ -24,6 +24,15 @@ pub struct ModelArgs {
     pub device: String,
 }
 
+impl ModelArgs {
+    /// What an adapter's `base_model_name_or_path` says: `--model` as given, the hub id for a
+    /// hub model, else the local path (as transformers records `name_or_path`), so that PEFT's
+    /// `AutoPeftModel*.from_pretrained(adapter_dir)` finds the base model.
+    pub fn base_model_name_or_path(&self) -> String {
+        self.model.clone()
+    }
+}
+
 /// Run-control flags of `train` (shared by the programs).
 #[derive(Args, Debug)]
 pub struct RunArgs {

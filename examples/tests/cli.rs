@@ -160,6 +160,12 @@ fn train_then_eval_with_the_adapter() {
     ] {
         assert!(out.path().join(f).exists(), "{f} missing");
     }
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["base_model_name_or_path"], "fixtures/gpt2/tiny-a");
+    assert_eq!(saved["task_type"], "CAUSAL_LM");
     // A second fresh run into the same directory is refused without --overwrite.
     let o = gpt2(&args);
     assert!(!o.status.success());
@@ -269,6 +275,15 @@ fn encoder_train_eval_predict() {
     )
     .unwrap();
     assert_eq!(saved["task_type"], "SEQ_CLS");
+    // PEFT's AutoPeftModel finds the base model from the adapter (as given to --model).
+    assert_eq!(
+        saved["base_model_name_or_path"],
+        "fixtures/encoder/roberta-a"
+    );
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("run.json")).unwrap())
+            .unwrap();
+    assert_eq!(run["lora"]["task_type"], "SEQ_CLS");
 
     let mut a = vec!["eval"];
     a.extend(model);
@@ -420,4 +435,274 @@ fn ctrl_c_saves_a_checkpoint_and_exits() {
             .join("adapter/adapter_model.safetensors")
             .exists()
     );
+}
+
+/// Texts of `scripts/make_encoder_fixtures.py` (SINGLE and PAIRS), whose logits it recorded.
+const SINGLE: [&str; 3] = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world",
+    "A man is eating food.",
+];
+const PAIRS: [(&str, &str); 3] = [
+    ("A man is eating food.", "A man is eating a piece of bread."),
+    ("The dog runs.", "Is the quick fox brown or red?"),
+    ("Hello", "world"),
+];
+
+/// Rows `[n, k]` of a reference tensor written by the fixture script.
+fn reference(key: &str) -> Vec<Vec<f64>> {
+    let refs =
+        lora_core::adapter::read_safetensors(root().join("fixtures/encoder/reference.safetensors"))
+            .unwrap();
+    let t = &refs[key];
+    let k = t.shape.get(1).copied().unwrap_or(1);
+    t.data
+        .chunks(k)
+        .map(|r| r.iter().map(|&v| v as f64).collect())
+        .collect()
+}
+
+fn softmax(row: &[f64]) -> Vec<f64> {
+    let m = row.iter().copied().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = row.iter().map(|v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// The JSON lines a `predict --data` run printed.
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    assert!(o.status.success(), "{}", stderr(o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Probabilities of one prediction in the order of `names`.
+fn probs(p: &serde_json::Value, names: &[&str]) -> Vec<f64> {
+    names
+        .iter()
+        .map(|n| p["probabilities"][n].as_f64().unwrap_or(f64::NAN))
+        .collect()
+}
+
+fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= tol, "{what}: {a:?} vs {b:?}");
+    }
+}
+
+fn write_jsonl(dir: &std::path::Path, name: &str, rows: &[serde_json::Value]) -> String {
+    let p = dir.join(name);
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn predict_and_eval_on_a_plain_hf_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["negative", "neutral", "positive"];
+    let rows: Vec<serde_json::Value> = SINGLE
+        .iter()
+        .zip([2, 0, 1])
+        .map(|(t, l)| serde_json::json!({"sentence": t, "label": l}))
+        .collect();
+    let data = write_jsonl(dir.path(), "single.jsonl", &rows);
+    let model = ["--model", "fixtures/encoder/roberta-a"];
+    // Batched: one JSON line per row, labels named by the checkpoint's id2label.
+    let mut a = vec!["predict", "--data", data.as_str()];
+    a.extend(model);
+    let batch = json_lines(&encoder(&a));
+    assert_eq!(batch.len(), 3);
+    for (i, (p, logits)) in batch
+        .iter()
+        .zip(reference("roberta-a.single.right.logits"))
+        .enumerate()
+    {
+        let want = softmax(&logits);
+        assert_close(&probs(p, &names), &want, 1e-4, &format!("row {i}"));
+        let best = (0..3).fold(0, |b, j| if want[j] > want[b] { j } else { b });
+        assert_eq!(p["label"], names[best], "{p}");
+    }
+    // One process per sentence gives the same numbers as the batch.
+    for (text, p) in SINGLE.iter().zip(&batch) {
+        let mut a = vec!["predict", "--text", text, "--json"];
+        a.extend(model);
+        let o = encoder(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let one: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_close(&probs(&one, &names), &probs(p, &names), 1e-5, text);
+    }
+    // Standard input, in JSON lines, gives the same too.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_encoder-lora"))
+        .args(["predict", "--data", "-"])
+        .args(model)
+        .current_dir(root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let stdin_rows = std::fs::read(&data).unwrap();
+    child.stdin.take().unwrap().write_all(&stdin_rows).unwrap();
+    let piped = json_lines(&child.wait_with_output().unwrap());
+    assert_eq!(piped, batch);
+    // eval: integer labels are class indices; the loss is transformers'.
+    let want_loss = reference("roberta-a.loss")[0][0];
+    let mut a = vec!["eval", "--data", data.as_str(), "--json"];
+    a.extend(model);
+    let o = encoder(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        (m["loss"].as_f64().unwrap() - want_loss).abs() < 1e-4,
+        "{m} vs {want_loss}"
+    );
+    // ... and label names work as well as indices.
+    let named: Vec<serde_json::Value> = SINGLE
+        .iter()
+        .zip(["positive", "negative", "neutral"])
+        .map(|(t, l)| serde_json::json!({"sentence": t, "label": l}))
+        .collect();
+    let named = write_jsonl(dir.path(), "named.jsonl", &named);
+    let mut a = vec!["eval", "--data", named.as_str(), "--json"];
+    a.extend(model);
+    let o = encoder(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m2: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m2["loss"], m["loss"]);
+}
+
+#[test]
+fn predict_with_a_python_peft_adapter_without_labels_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<serde_json::Value> = PAIRS
+        .iter()
+        .map(|(a, b)| serde_json::json!({"sentence": a, "other": b}))
+        .collect();
+    let data = write_jsonl(dir.path(), "pairs.jsonl", &rows);
+    let names = ["negative", "neutral", "positive"];
+    let o = encoder(&[
+        "predict",
+        "--model",
+        "fixtures/encoder/roberta-a",
+        "--adapter",
+        "fixtures/encoder/peft-roberta-a",
+        "--data",
+        &data,
+        "--pair-column",
+        "other",
+        "--batch-size",
+        "2",
+    ]);
+    let got = json_lines(&o);
+    assert_eq!(got.len(), 3);
+    for (p, logits) in got
+        .iter()
+        .zip(reference("peft-roberta-a.pair.right.logits"))
+    {
+        assert_close(
+            &probs(p, &names),
+            &softmax(&logits),
+            1e-4,
+            "PEFT SEQ_CLS adapter",
+        );
+    }
+    // A regression head (BERT, one output) with its PEFT adapter: the value is PEFT's logit.
+    let o = encoder(&[
+        "predict",
+        "--model",
+        "fixtures/encoder/bert-b",
+        "--adapter",
+        "fixtures/encoder/peft-bert-b",
+        "--data",
+        &data,
+        "--pair-column",
+        "other",
+    ]);
+    let got = json_lines(&o);
+    for (p, want) in got.iter().zip(reference("peft-bert-b.pair.right.logits")) {
+        assert!(
+            (p["value"].as_f64().unwrap() - want[0]).abs() < 1e-4,
+            "{p} vs {want:?}"
+        );
+    }
+    // eval with that adapter needs no labels.json either (the head's size comes from the file).
+    let labeled: Vec<serde_json::Value> = PAIRS
+        .iter()
+        .zip([0, 2, 1])
+        .map(|((a, b), l)| serde_json::json!({"sentence": a, "other": b, "label": l}))
+        .collect();
+    let labeled = write_jsonl(dir.path(), "labeled.jsonl", &labeled);
+    let o = encoder(&[
+        "eval",
+        "--model",
+        "fixtures/encoder/roberta-a",
+        "--adapter",
+        "fixtures/encoder/peft-roberta-a",
+        "--data",
+        &labeled,
+        "--pair-column",
+        "other",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Cross-entropy of PEFT's logits at the given labels.
+    let want: f64 = reference("peft-roberta-a.pair.right.logits")
+        .iter()
+        .zip([0, 2, 1])
+        .map(|(l, y)| -softmax(l)[y].ln())
+        .sum::<f64>()
+        / 3.0;
+    assert!(
+        (m["loss"].as_f64().unwrap() - want).abs() < 1e-4,
+        "{m} vs {want}"
+    );
+}
+
+#[test]
+fn labels_fall_back_to_indices_and_a_missing_head_is_an_error() {
+    // roberta-a without id2label (but with its 3-output head): classes are named by index.
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("fixtures/encoder/roberta-a");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg = dir.path().join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    let obj = c.as_object_mut().unwrap();
+    obj.remove("id2label");
+    obj.remove("label2id");
+    obj.insert("num_labels".into(), serde_json::json!(3));
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let o = encoder(&[
+        "predict",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--text",
+        "Hello world",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want = softmax(&reference("roberta-a.single.right.logits")[1]);
+    assert_close(&probs(&p, &["0", "1", "2"]), &want, 1e-4, "index names");
+
+    // A checkpoint without a classification head (a masked-LM one): one line, non-zero exit.
+    let o = encoder(&[
+        "predict",
+        "--model",
+        "fixtures/encoder/roberta-mlm",
+        "--text",
+        "Hello",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no trained classification head"), "{err}");
 }

@@ -89,6 +89,14 @@ pub enum Columns {
         /// Column of the text.
         text: String,
     },
+    /// Inputs to predict on: a text and an optional second text, no label (read with
+    /// [`read_records`]; no training task takes them).
+    Inputs {
+        /// Column of the (first) text.
+        text: String,
+        /// Column of the second text of a pair.
+        text_pair: Option<String>,
+    },
 }
 
 impl Columns {
@@ -124,9 +132,20 @@ impl Columns {
         }
     }
 
+    /// Unlabeled inputs: `text` (+ `text_pair`).
+    pub fn inputs(text: &str, text_pair: Option<&str>) -> Self {
+        Self::Inputs {
+            text: text.into(),
+            text_pair: text_pair.map(Into::into),
+        }
+    }
+
     /// Whether these columns describe causal-LM data.
     pub fn is_lm(&self) -> bool {
-        !matches!(self, Self::Labeled { .. })
+        matches!(
+            self,
+            Self::PromptCompletion { .. } | Self::Joined { .. } | Self::Text { .. }
+        )
     }
 
     fn names(&self) -> Vec<&str> {
@@ -145,6 +164,10 @@ impl Columns {
             Self::PromptCompletion { prompt, completion } => vec![prompt, completion],
             Self::Joined { column, .. } => vec![column],
             Self::Text { text } => vec![text],
+            Self::Inputs { text, text_pair } => std::iter::once(text)
+                .chain(text_pair)
+                .map(String::as_str)
+                .collect(),
         }
     }
 }
@@ -303,6 +326,14 @@ fn record_of(row: &dyn Row, columns: &Columns, src: Source) -> Result<Record> {
             (p.to_string(), None, RawTarget::Completion(c.to_string()))
         }
         Columns::Text { text } => (text_cell(row, text, &src)?, None, RawTarget::None),
+        Columns::Inputs { text, text_pair } => (
+            text_cell(row, text, &src)?,
+            match text_pair {
+                Some(c) => Some(text_cell(row, c, &src)?),
+                None => None,
+            },
+            RawTarget::None,
+        ),
     };
     Ok(Record {
         text,
@@ -324,6 +355,31 @@ pub fn read_records(path: &Path, columns: &Columns) -> Result<Vec<Record>> {
 
 /// [`read_records`] with an explicit format.
 pub fn read_records_as(path: &Path, format: FileFormat, columns: &Columns) -> Result<Vec<Record>> {
+    let bytes = std::fs::read(path).map_err(TrainError::io("cannot read", path))?;
+    parse_records(&bytes, format, columns, path)
+}
+
+/// [`read_records`] from any reader (e.g. standard input); `name` stands for the source in
+/// records and errors.
+pub fn read_records_from(
+    mut reader: impl std::io::Read,
+    format: FileFormat,
+    columns: &Columns,
+    name: &Path,
+) -> Result<Vec<Record>> {
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(TrainError::io("cannot read", name))?;
+    parse_records(&bytes, format, columns, name)
+}
+
+fn parse_records(
+    bytes: &[u8],
+    format: FileFormat,
+    columns: &Columns,
+    path: &Path,
+) -> Result<Vec<Record>> {
     let src = |line: usize| Source {
         path: path.to_path_buf(),
         line,
@@ -331,8 +387,11 @@ pub fn read_records_as(path: &Path, format: FileFormat, columns: &Columns) -> Re
     let mut out = Vec::new();
     match format {
         FileFormat::Jsonl | FileFormat::Lines => {
-            let text =
-                std::fs::read_to_string(path).map_err(TrainError::io("cannot read", path))?;
+            let text = std::str::from_utf8(bytes).map_err(|e| TrainError::Io {
+                action: "cannot read",
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
             for (i, line) in text.lines().enumerate() {
                 let line_no = i + 1;
                 let trimmed = line.trim();
@@ -377,11 +436,10 @@ pub fn read_records_as(path: &Path, format: FileFormat, columns: &Columns) -> Re
             if format == FileFormat::Tsv {
                 builder.delimiter(b'\t').quoting(false);
             }
-            let bytes = std::fs::read(path).map_err(TrainError::io("cannot read", path))?;
-            let mut reader = builder.from_reader(bytes.as_slice());
+            let mut reader = builder.from_reader(bytes);
             let header: Vec<String> = reader
                 .headers()
-                .map_err(|e| csv_error(e, path, &bytes))?
+                .map_err(|e| csv_error(e, path, bytes))?
                 .iter()
                 .map(|h| h.trim().to_string())
                 .collect();
@@ -394,8 +452,8 @@ pub fn read_records_as(path: &Path, format: FileFormat, columns: &Columns) -> Re
                 }
             }
             for result in reader.records() {
-                let record = result.map_err(|e| csv_error(e, path, &bytes))?;
-                let line = record.position().map_or(0, |p| line_at(&bytes, p.byte()));
+                let record = result.map_err(|e| csv_error(e, path, bytes))?;
+                let line = record.position().map_or(0, |p| line_at(bytes, p.byte()));
                 if record.iter().all(|f| f.trim().is_empty()) {
                     continue;
                 }
@@ -523,15 +581,20 @@ impl LabelMap {
         self.names.len()
     }
 
-    /// The class index of `label` (a name, or an integer when the map is numeric).
+    /// The class index of `label`: its position among the names; else, for an integer label
+    /// below the class count, that integer (data sets often store class indices, e.g. `0`/`1`
+    /// against a model's `NEGATIVE`/`POSITIVE`).
     pub fn index(&self, label: &str) -> Option<usize> {
-        if self.numeric {
-            return label
+        let as_index = || {
+            label
                 .parse::<usize>()
                 .ok()
-                .filter(|&i| i < self.names.len());
+                .filter(|&i| i < self.names.len())
+        };
+        if self.numeric {
+            return as_index();
         }
-        self.names.iter().position(|n| n == label)
+        self.names.iter().position(|n| n == label).or_else(as_index)
     }
 }
 

@@ -59,6 +59,12 @@ impl Default for DataConfig {
 impl DataConfig {
     /// Checks that the fields fit together.
     pub fn validate(&self) -> Result<()> {
+        if matches!(self.columns, Columns::Inputs { .. }) {
+            return Err(TrainError::config(
+                "columns",
+                "unlabeled input columns have nothing to learn from; name a label or completion column",
+            ));
+        }
         let lm_cols = self.columns.is_lm();
         match (&self.task, lm_cols) {
             (Task::CausalLm, false) => {

@@ -18,8 +18,9 @@
 //!   BLEU and ROUGE-L as the E2E NLG challenge's scripts compute them.
 //! - **Checkpoints** ([`checkpoint`]): the adapter in PEFT's format plus the trainable tensors,
 //!   optimizer state and [`TrainerState`], written atomically with last-k retention.
-//! - **Output** ([`progress`]): a progress bar (plain lines when not a terminal), a JSONL
-//!   metrics log and a `curves.png`.
+//! - **Output** ([`progress`], [`plot`]): a progress bar (plain lines when not a terminal), a
+//!   JSONL metrics log and `curves.png` (loss, evaluation metric with the best step, learning
+//!   rate; titled panels with labelled axes).
 //! - **Interop** ([`interop`]): burn's own `Learner` can drive the same models.
 //!
 //! Built in: GPT-2 causal-LM training ([`lm`]) and RoBERTa/BERT sequence classification and
@@ -67,6 +68,7 @@ pub mod lm;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod progress;
 pub mod sampler;
 pub mod schedule;
@@ -74,7 +76,9 @@ pub mod textgen_metrics;
 pub mod trainer;
 
 pub use checkpoint::TrainerState;
-pub use data::{Columns, FileFormat, LabelMap, Record, Task, read_records};
+pub use data::{
+    Columns, FileFormat, LabelMap, Record, Task, read_records, read_records_as, read_records_from,
+};
 pub use dataset::{
     BatchTargets, DataConfig, ItemTarget, TargetKind, TextBatch, TextDataset, TextItem,
     load_text_datasets,
@@ -85,6 +89,7 @@ pub use model::{
     BatchSource, EvalOutput, LossOutput, Predictions, TrainModel, class_loss, mse_loss,
 };
 pub use optim::{AdamW, OptimizerConfig};
+pub use plot::plot_curves;
 pub use progress::ProgressMode;
 pub use schedule::{ScheduleConfig, ScheduleKind, Warmup};
 pub use textgen_metrics::{BleuScore, E2eScores, corpus_bleu, corpus_rouge_l, e2e_scores};

@@ -198,109 +198,6 @@ pub(crate) fn step_record(
     })
 }
 
-/// Draws `curves.png` from a metrics log: training loss (blue) with evaluation loss (red) on
-/// the left, the tracked evaluation metric (green) on the right when it is not the loss. The
-/// x axis is the step; each panel is scaled to its data. No text is drawn (the build has no
-/// font support): read the numbers in the JSONL log.
-pub fn plot_curves(log: &Path, png: &Path, metric: &str) -> Result<()> {
-    use plotters::prelude::*;
-    let records = read_log(log)?;
-    let series = |key: &str| -> Vec<(f64, f64)> {
-        records
-            .iter()
-            .filter_map(|r| {
-                let x = r.get("step")?.as_f64()?;
-                let y = r.get(key)?.as_f64()?;
-                y.is_finite().then_some((x, y))
-            })
-            .collect()
-    };
-    let train = series("loss");
-    let eval = series("eval_loss");
-    let metric = metric.strip_prefix("eval_").unwrap_or(metric);
-    let extra = if metric == "loss" {
-        Vec::new()
-    } else {
-        series(&format!("eval_{metric}"))
-    };
-    let plot_err = |e: String| TrainError::Io {
-        action: "cannot draw",
-        path: png.to_path_buf(),
-        source: std::io::Error::other(e),
-    };
-    let width = if extra.is_empty() { 800 } else { 1400 };
-    let root = BitMapBackend::new(png, (width, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_err(e.to_string()))?;
-    let panels = if extra.is_empty() {
-        vec![root.clone()]
-    } else {
-        root.split_evenly((1, 2))
-    };
-    // Both panels share the step axis.
-    let (mut x0, mut x1) = (f64::MAX, f64::MIN);
-    for (x, _) in train.iter().chain(&eval).chain(&extra) {
-        x0 = x0.min(*x);
-        x1 = x1.max(*x);
-    }
-    let draw = |area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
-                lines: &[(&Vec<(f64, f64)>, RGBColor)]|
-     -> Result<()> {
-        let all: Vec<&(f64, f64)> = lines.iter().flat_map(|(s, _)| s.iter()).collect();
-        if all.is_empty() {
-            return Ok(());
-        }
-        let (mut x1, mut y0, mut y1) = (x1, f64::MAX, f64::MIN);
-        for (_, y) in all {
-            y0 = y0.min(*y);
-            y1 = y1.max(*y);
-        }
-        if x1 <= x0 {
-            x1 = x0 + 1.0;
-        }
-        let pad = ((y1 - y0) * 0.05).max(1e-6);
-        let mut chart = ChartBuilder::on(area)
-            .margin(20)
-            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-            .map_err(|e| plot_err(e.to_string()))?;
-        // A frame instead of labelled axes.
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![
-                    (x0, y0 - pad),
-                    (x1, y0 - pad),
-                    (x1, y1 + pad),
-                    (x0, y1 + pad),
-                    (x0, y0 - pad),
-                ],
-                BLACK.stroke_width(1),
-            )))
-            .map_err(|e| plot_err(e.to_string()))?;
-        for (points, color) in lines {
-            if points.is_empty() {
-                continue;
-            }
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(|e| plot_err(e.to_string()))?;
-            if points.len() == 1 {
-                chart
-                    .draw_series(std::iter::once(Circle::new(points[0], 4, color.filled())))
-                    .map_err(|e| plot_err(e.to_string()))?;
-            }
-        }
-        Ok(())
-    };
-    draw(&panels[0], &[(&train, BLUE), (&eval, RED)])?;
-    if let Some(p) = panels.get(1) {
-        draw(p, &[(&extra, RGBColor(0, 150, 0))])?;
-    }
-    root.present().map_err(|e| plot_err(e.to_string()))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,7 +225,7 @@ mod tests {
         }
         drop(log);
         let png = dir.path().join("curves.png");
-        plot_curves(&path, &png, "accuracy").unwrap();
+        crate::plot::plot_curves(&path, &png, "accuracy", true).unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[..4], b"\x89PNG");
         if let Ok(keep) = std::env::var("LORA_TRAIN_KEEP_PLOT") {

@@ -22,7 +22,8 @@ use crate::optim::{
     AdamW, GradAccumulator, OptimizerConfig, global_norm, set_trainable_values, trainable_params,
     trainable_values,
 };
-use crate::progress::{MetricsLog, Progress, ProgressMode, plot_curves, step_record};
+use crate::plot::plot_curves;
+use crate::progress::{MetricsLog, Progress, ProgressMode, step_record};
 use crate::sampler::{derive_seed, epoch_order, make_batches};
 use crate::schedule::ScheduleConfig;
 
@@ -641,7 +642,12 @@ impl Trainer {
             lora_core::save_adapter(&model, lora, &c.adapter_name, d).map_err(Into::into)
         })?;
         if c.plot
-            && let Err(e) = plot_curves(log.path(), &out.join("curves.png"), c.best_key())
+            && let Err(e) = plot_curves(
+                log.path(),
+                &out.join("curves.png"),
+                c.best_key(),
+                c.greater_is_better(),
+            )
         {
             progress.message(&format!("warning: no curves.png: {e}"));
         }

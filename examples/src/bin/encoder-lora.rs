@@ -3,7 +3,8 @@
 //! ```text
 //! encoder-lora train   --model DIR --data train.csv [--valid valid.csv] --out DIR
 //! encoder-lora eval    --model DIR --adapter DIR --data valid.csv [--json]
-//! encoder-lora predict --model DIR --adapter DIR --text "..." [--pair "..."] [--json]
+//! encoder-lora predict --model DIR [--adapter DIR] --text "..." [--pair "..."] [--json]
+//! encoder-lora predict --model DIR [--adapter DIR] --data rows.jsonl|rows.csv|-   (JSON lines)
 //! encoder-lora info    --model DIR --num-labels 2
 //! ```
 //!
@@ -23,7 +24,7 @@ use lora_examples::{
 };
 use lora_models::TextTokenizer;
 use lora_models::bert::{
-    BertForSequenceClassification, EncoderCheckpoint, LoadOptions,
+    BertConfig, BertForSequenceClassification, EncoderCheckpoint, EncoderTokenizer, LoadOptions,
     RobertaForSequenceClassification, inject_encoder_lora,
 };
 use lora_train::{
@@ -48,13 +49,13 @@ enum Command {
     Train(TrainArgs),
     /// Loss and task metrics (accuracy/F1/MCC, or Pearson/Spearman) on a data file.
     Eval(EvalArgs),
-    /// Class probabilities (or the regression value) for one text or pair.
+    /// Class probabilities (or the regression value) for a text, a pair, or every row of a file.
     Predict(PredictArgs),
     /// Trainable-parameter report.
     Info(InfoArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct DataArgs {
     /// Column with the text.
     #[arg(long, default_value = "sentence")]
@@ -111,8 +112,10 @@ struct LoraArgs {
 }
 
 impl LoraArgs {
-    fn config(&self) -> LoraConfig {
+    /// The adapter config; `base`: the adapter's `base_model_name_or_path`.
+    fn config(&self, base: Option<String>) -> LoraConfig {
         LoraConfig {
+            base_model_name_or_path: base,
             r: self.r,
             lora_alpha: self.alpha,
             lora_dropout: self.dropout,
@@ -181,19 +184,33 @@ struct EvalArgs {
 struct PredictArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// PEFT adapter directory (with the trained classifier).
+    /// PEFT adapter directory (with the trained classifier); without it the checkpoint's own
+    /// head is used.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// The text.
-    #[arg(long)]
-    text: String,
+    /// The text (or use --data).
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    text: Option<String>,
     /// Second text of a pair.
-    #[arg(long)]
+    #[arg(long, requires = "text")]
     pair: Option<String>,
+    /// Texts to classify, one prediction per row as a JSON line on stdout: a .jsonl, .csv or
+    /// .tsv file, or `-` for JSON lines on stdin.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Column with the text (--data).
+    #[arg(long, default_value = "sentence")]
+    text_column: String,
+    /// Column with the second text of a pair (--data).
+    #[arg(long)]
+    pair_column: Option<String>,
+    /// Rows per forward pass (--data).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
     /// Maximum tokens (longer inputs are truncated).
     #[arg(long, default_value_t = 512)]
     max_length: usize,
-    /// Print JSON.
+    /// Print JSON (one line per row with --data, always).
     #[arg(long)]
     json: bool,
 }
@@ -230,6 +247,65 @@ fn adapter_labels(adapter: Option<&Path>) -> Result<Option<Vec<String>>> {
         .map_err(|e| CliError::Message(format!("{}: {e}", p.display())))
 }
 
+/// The classification head that `eval` and `predict` use: its label names, one per output.
+struct Head {
+    /// Label names by class index.
+    names: Vec<String>,
+    /// Whether the adapter file holds the head's weights (PEFT's `modules_to_save`).
+    in_adapter: bool,
+}
+
+impl Head {
+    /// A one-output head is a regression head (STS-B style).
+    fn is_regression(&self) -> bool {
+        self.names.len() == 1
+    }
+}
+
+/// Rows of the head weight `key` in an adapter file, if the file has it.
+fn adapter_head_rows(adapter: &Path, key: &str) -> Result<Option<usize>> {
+    let path = adapter.join(lora_core::adapter::ADAPTER_FILE);
+    if !path.exists() {
+        return Ok(None); // load_adapter reports the missing file
+    }
+    let tensors = lora_core::adapter::read_safetensors(&path)?;
+    let key = format!("{}{key}", lora_core::adapter::KEY_PREFIX);
+    Ok(tensors.get(&key).and_then(|t| t.shape.first().copied()))
+}
+
+/// Label names and output count of the head: names from the adapter's `labels.json` (written
+/// by `train`), else the checkpoint's `id2label`, else class indices; the count from
+/// `labels.json`, else the adapter's head weights, else the checkpoint's config.
+fn resolve_head<M: EncoderCheckpoint>(dir: &Path, adapter: Option<&Path>) -> Result<Head> {
+    let config = BertConfig::load(dir)?;
+    let names = adapter_labels(adapter)?;
+    let rows = match (adapter, M::LABEL_KEY) {
+        (Some(a), Some(key)) => adapter_head_rows(a, key)?,
+        _ => None,
+    };
+    if let (Some(n), Some(r)) = (&names, rows)
+        && n.len() != r
+    {
+        return Err(CliError::Message(format!(
+            "{LABELS_FILE} names {} labels but the adapter's head has {r} outputs",
+            n.len()
+        )));
+    }
+    let k = names
+        .as_ref()
+        .map(Vec::len)
+        .or(rows)
+        .unwrap_or_else(|| config.num_labels());
+    let names = names.unwrap_or_else(|| match &config.id2label {
+        Some(m) if m.len() == k => config.labels(),
+        _ => (0..k).map(|i| i.to_string()).collect(),
+    });
+    Ok(Head {
+        names,
+        in_adapter: rows.is_some(),
+    })
+}
+
 /// Runs `$body` with `$M` bound to the classifier class of the checkpoint's family.
 macro_rules! with_classifier {
     ($dir:expr, $M:ident => $body:expr) => {{
@@ -248,45 +324,49 @@ macro_rules! with_classifier {
     }};
 }
 
+/// Loads a classifier for training or the report; a head the checkpoint lacks is freshly
+/// initialised, with a note.
 fn load<M: EncoderCheckpoint>(dir: &Path, device: &Device, num_labels: Option<usize>) -> Result<M> {
-    load_quiet(dir, device, num_labels, false)
-}
-
-/// `quiet`: an adapter with the trained head follows, so a fresh head is not news.
-fn load_quiet<M: EncoderCheckpoint>(
-    dir: &Path,
-    device: &Device,
-    num_labels: Option<usize>,
-    quiet: bool,
-) -> Result<M> {
     let options = LoadOptions {
         num_labels,
         ignore_mismatched_head: true,
     };
     let p = M::load_pretrained(dir, device, &options)?;
-    if let Some(w) = p.report.warning(M::CLASS)
-        && !quiet
-    {
+    if let Some(w) = p.report.warning(M::CLASS) {
         eprintln!("note: {w}");
     }
     Ok(p.model)
 }
 
-fn train_with<M>(
-    a: &TrainArgs,
-    dir: &Path,
-    device: Device,
+/// What `train` prepared before the model class is known.
+struct Sets {
     train: TextDataset,
     valid: Option<TextDataset>,
+    /// Outputs of the head.
     labels: usize,
-) -> Result<()>
+    /// `run.json` so far.
+    run: serde_json::Value,
+}
+
+fn train_with<M>(a: &TrainArgs, dir: &Path, device: Device, sets: Sets) -> Result<()>
 where
     M: EncoderCheckpoint + TrainModel<Batch = lora_train::TextBatch>,
 {
+    let Sets {
+        train,
+        valid,
+        labels,
+        run,
+    } = sets;
     device.seed(a.run.seed); // head and adapter initialisation
     let model: M = load(dir, &device, Some(labels))?;
-    let (model, lora) = inject_encoder_lora(model, &a.lora.config(), "default")?;
+    let base = Some(a.model.base_model_name_or_path());
+    let (model, lora) = inject_encoder_lora(model, &a.lora.config(base), "default")?;
     eprintln!("{}", ParamReport::new(&model, &lora).summary());
+    // run.json records the adapter config as saved (task type and base model filled in).
+    let mut run = run;
+    run["lora"] = serde_json::json!(lora);
+    lora_core::io::write_atomic(&a.run.out.join("run.json"), run.to_string().as_bytes())?;
     let metric = a.metric.clone().unwrap_or_else(|| {
         if a.data_args.regression {
             "pearson"
@@ -396,23 +476,66 @@ fn train(mut a: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&a.run.out)
         .map_err(|e| CliError::Message(format!("--out {}: {e}", a.run.out.display())))?;
     let run = serde_json::json!({
-        "model": dir, "data": a.data, "valid": a.valid, "lora": a.lora.config(),
+        "model": dir, "data": a.data, "valid": a.valid,
         "data_config": data, "labels": train.label_names(),
     });
-    lora_core::io::write_atomic(&a.run.out.join("run.json"), run.to_string().as_bytes())?;
-    with_classifier!(&dir, M => train_with::<M>(&a, &dir, device, train, valid, labels))
+    let sets = Sets {
+        train,
+        valid,
+        labels,
+        run,
+    };
+    with_classifier!(&dir, M => train_with::<M>(&a, &dir, device, sets))
 }
 
-fn with_adapter<M: EncoderCheckpoint>(
+/// The classifier for `eval`/`predict`: the checkpoint with `head`'s label count, then the
+/// adapter. A head that neither the checkpoint nor the adapter holds is an error: its outputs
+/// would be random.
+fn classifier<M: EncoderCheckpoint>(
     dir: &Path,
     device: &Device,
     adapter: Option<&Path>,
-    labels: Option<usize>,
+    head: &Head,
 ) -> Result<M> {
-    let model: M = load_quiet(dir, device, labels, adapter.is_some())?;
+    let options = LoadOptions {
+        num_labels: Some(head.names.len()),
+        ignore_mismatched_head: true,
+    };
+    let p = M::load_pretrained(dir, device, &options)?;
+    let fresh = &p.report.newly_initialized;
+    let classifier = M::HEAD_MODULES.first().copied().unwrap_or("classifier");
+    let head_fresh = fresh
+        .iter()
+        .any(|k| k.starts_with(&format!("{classifier}.")));
+    if head_fresh && !head.in_adapter {
+        return Err(CliError::Message(format!(
+            "{} has no trained classification head ({} with {} outputs is missing){}; pass \
+             --adapter with a head trained by `encoder-lora train` or PEFT (task_type SEQ_CLS)",
+            dir.display(),
+            fresh.join(", "),
+            head.names.len(),
+            if adapter.is_some() {
+                ", and the adapter holds none"
+            } else {
+                ""
+            }
+        )));
+    }
+    // Anything else freshly initialised (e.g. BERT's pooler) changes the outputs: say so.
+    let other: Vec<&String> = fresh
+        .iter()
+        .filter(|k| !k.starts_with(&format!("{classifier}.")))
+        .collect();
+    if !other.is_empty() {
+        eprintln!(
+            "warning: {} lacks {:?}; they are randomly initialised",
+            dir.display(),
+            other
+        );
+    }
     Ok(match adapter {
-        Some(a) => load_adapter(&model, a, "default")?.0,
-        None => model,
+        Some(a) => load_adapter(&p.model, a, "default")?.0,
+        None => p.model,
     })
 }
 
@@ -420,15 +543,7 @@ fn eval(mut a: EvalArgs) -> Result<()> {
     a.data = data_file(&a.data, "--data", "validation")?;
     let dir = model_dir(&a.model.model)?;
     let device = device(&a.model.device)?;
-    let names = adapter_labels(a.adapter.as_deref())?;
     let tokenizer = TextTokenizer::from_dir(&dir)?;
-    let data = a.data_args.config(names.clone(), 0.0);
-    let (set, _) = load_text_datasets(&a.data, None, &data, &tokenizer)?;
-    let labels = if a.data_args.regression {
-        1
-    } else {
-        set.label_names().map_or(2, <[String]>::len)
-    };
     let trainer = Trainer::new(
         TrainerConfig {
             progress: lora_train::ProgressMode::Off,
@@ -437,7 +552,12 @@ fn eval(mut a: EvalArgs) -> Result<()> {
         device.clone(),
     )?;
     let metrics = with_classifier!(&dir, M => {
-        let model: M = with_adapter(&dir, &device, a.adapter.as_deref(), Some(labels))?;
+        let head = resolve_head::<M>(&dir, a.adapter.as_deref())?;
+        let mut data_args = a.data_args.clone();
+        data_args.regression |= head.is_regression();
+        let data = data_args.config(Some(head.names.clone()), 0.0);
+        let (set, _) = load_text_datasets(&a.data, None, &data, &tokenizer)?;
+        let model: M = classifier(&dir, &device, a.adapter.as_deref(), &head)?;
         trainer.evaluate(&model, &set)?
     });
     if a.json {
@@ -450,82 +570,91 @@ fn eval(mut a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// The rows `predict` classifies: `--text`/`--pair`, or every row of `--data` (`-`: stdin).
+fn predict_inputs(a: &PredictArgs) -> Result<Vec<(String, Option<String>)>> {
+    let Some(data) = &a.data else {
+        let text = a.text.clone().unwrap_or_default();
+        return Ok(vec![(text, a.pair.clone())]);
+    };
+    let columns = lora_train::Columns::inputs(&a.text_column, a.pair_column.as_deref());
+    let records = if data.as_os_str() == "-" {
+        lora_train::read_records_from(
+            std::io::stdin().lock(),
+            lora_train::FileFormat::Jsonl,
+            &columns,
+            Path::new("(stdin)"),
+        )?
+    } else {
+        lora_train::read_records(&data_file(data, "--data", "test")?, &columns)?
+    };
+    Ok(records.into_iter().map(|r| (r.text, r.text_pair)).collect())
+}
+
+/// One prediction as JSON: `{label, probabilities}` for a classifier, `{value}` for a
+/// regression head. `logits`: `[outputs]`.
+fn prediction(head: &Head, logits: &[f32]) -> serde_json::Value {
+    if head.is_regression() {
+        return serde_json::json!({ "value": logits.first() });
+    }
+    // Softmax on the host: one row of a few classes.
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    let probs: Vec<f64> = exp.iter().map(|e| e / sum).collect();
+    let best = (0..probs.len()).fold(0, |b, i| if probs[i] > probs[b] { i } else { b });
+    let table: serde_json::Map<String, serde_json::Value> = head
+        .names
+        .iter()
+        .zip(&probs)
+        .map(|(n, p)| (n.clone(), serde_json::json!(p)))
+        .collect();
+    serde_json::json!({ "label": head.names.get(best), "probabilities": table })
+}
+
 fn predict(a: PredictArgs) -> Result<()> {
+    if a.batch_size == 0 {
+        return Err(CliError::Message("--batch-size must be at least 1".into()));
+    }
     let dir = model_dir(&a.model.model)?;
     let device = device(&a.model.device)?;
-    let names = adapter_labels(a.adapter.as_deref())?;
-    let tokenizer = TextTokenizer::from_dir(&dir)?;
-    let data = DataConfig {
-        columns: Columns::labeled("text", a.pair.as_ref().map(|_| "pair"), "label"),
-        task: Task::Classification {
-            labels: names.clone(),
-        },
-        max_length: a.max_length,
-        append_eos: false,
-        validation_ratio: 0.0,
-        ..DataConfig::default()
-    };
-    // One row through the same tokenization path as training.
-    let tmp = tempfile_path()?;
-    let first = names
-        .as_ref()
-        .and_then(|n| n.first())
-        .cloned()
-        .unwrap_or_else(|| "0".into());
-    let mut row = serde_json::json!({ "text": a.text, "label": first });
-    if let Some(p) = &a.pair {
-        row["pair"] = serde_json::json!(p);
-    }
-    std::fs::write(&tmp, format!("{row}\n")).map_err(|e| CliError::Message(e.to_string()))?;
-    let loaded = load_text_datasets(&tmp, None, &data, &tokenizer);
-    let _ = std::fs::remove_file(&tmp);
-    let (set, _) = loaded?;
-    let labels = names.as_ref().map(Vec::len);
-    let batch = lora_train::BatchSource::batch(&set, &[0], &device)?;
-    let logits: Tensor<2> = with_classifier!(&dir, M => {
-        let model: M = with_adapter(&dir, &device, a.adapter.as_deref(), labels)?;
-        model.forward(batch.input_ids, Some(batch.attention_mask), Some(batch.token_type_ids))?
+    let inputs = predict_inputs(&a)?;
+    let config = BertConfig::load(&dir)?;
+    let tokenizer = EncoderTokenizer::from_dir(&dir, &config)?.with_max_length(a.max_length)?;
+    with_classifier!(&dir, M => {
+        let head = resolve_head::<M>(&dir, a.adapter.as_deref())?;
+        let model: M = classifier(&dir, &device, a.adapter.as_deref(), &head)?;
+        for chunk in inputs.chunks(a.batch_size) {
+            let rows = chunk
+                .iter()
+                .map(|(t, p)| match p {
+                    Some(p) => tokenizer.encode_pair(t, p),
+                    None => tokenizer.encode(t),
+                })
+                .collect::<lora_models::Result<Vec<_>>>()?;
+            let batch = lora_models::bert::EncoderBatch::new(
+                &rows,
+                tokenizer.pad_id(),
+                tokenizer.padding_side,
+                &device,
+            )?;
+            let logits = model.forward(
+                batch.input_ids,
+                Some(batch.attention_mask),
+                Some(batch.token_type_ids),
+            )?;
+            let [_, k] = logits.dims();
+            let values = lora_core::io::HostTensor::from_tensor(logits, "logits")?.data;
+            for row in values.chunks(k.max(1)) {
+                let value = prediction(&head, row);
+                if a.json && a.data.is_none() {
+                    print_json(&value);
+                } else {
+                    println!("{value}");
+                }
+            }
+        }
     });
-    let [_, k] = logits.dims();
-    let value = if a.regression_head(k) {
-        let v = lora_core::io::HostTensor::from_tensor(logits, "logits")?.data;
-        serde_json::json!({ "value": v.first() })
-    } else {
-        let probs = lora_core::io::HostTensor::from_tensor(
-            burn::tensor::activation::softmax(logits, 1),
-            "probabilities",
-        )?
-        .data;
-        let names: Vec<String> =
-            names.unwrap_or_else(|| (0..probs.len()).map(|i| i.to_string()).collect());
-        let best = probs
-            .iter()
-            .enumerate()
-            .fold(0, |b, (i, p)| if *p > probs[b] { i } else { b });
-        let table: serde_json::Map<String, serde_json::Value> = names
-            .iter()
-            .zip(&probs)
-            .map(|(n, p)| (n.clone(), serde_json::json!(p)))
-            .collect();
-        serde_json::json!({ "label": names.get(best), "probabilities": table })
-    };
-    if a.json {
-        print_json(&value);
-    } else {
-        println!("{value}");
-    }
     Ok(())
-}
-
-impl PredictArgs {
-    /// A one-output head is a regression head (STS-B style).
-    fn regression_head(&self, outputs: usize) -> bool {
-        outputs == 1
-    }
-}
-
-fn tempfile_path() -> Result<PathBuf> {
-    Ok(std::env::temp_dir().join(format!("encoder-lora-predict-{}.jsonl", std::process::id())))
 }
 
 fn info(a: InfoArgs) -> Result<()> {
@@ -533,7 +662,7 @@ fn info(a: InfoArgs) -> Result<()> {
     let device = device(&a.model.device)?;
     let report = with_classifier!(&dir, M => {
         let model: M = load(&dir, &device, a.num_labels)?;
-        let (model, lora) = inject_encoder_lora(model, &a.lora.config(), "default")?;
+        let (model, lora) = inject_encoder_lora(model, &a.lora.config(None), "default")?;
         ParamReport::new(&model, &lora)
     });
     if a.json {

@@ -361,7 +361,10 @@ fn train(mut a: TrainArgs) -> Result<()> {
         load_text_datasets(&a.data, a.valid.as_deref(), &data, &tokenizer)?;
     device.seed(a.run.seed); // adapter initialisation
     let targets: Vec<&str> = a.targets.split(',').map(str::trim).collect();
-    let lora = LoraConfig::new(a.r, a.alpha, &targets).with_dropout(a.dropout);
+    let lora = LoraConfig {
+        base_model_name_or_path: Some(a.model.base_model_name_or_path()),
+        ..LoraConfig::new(a.r, a.alpha, &targets).with_dropout(a.dropout)
+    };
     if !(0.0..1.0).contains(&a.label_smoothing) {
         return Err(CliError::Message(format!(
             "--label-smoothing {} must be in [0, 1)",
