@@ -259,6 +259,11 @@ fn encoder_train_eval_predict() {
     )
     .unwrap();
     assert!(before["accuracy"].is_number(), "{before}");
+    // ... and the log starts with it, at step 0, so curves.png shows where training started.
+    let log0 = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log0.lines().next().unwrap()).unwrap();
+    assert_eq!(first["step"], 0);
+    assert_eq!(first["eval_accuracy"], before["accuracy"]);
     let log = stderr(&o);
     assert!(log.contains("held-out accuracy: "), "{log}");
     assert!(log.contains(" before → "), "{log}");

@@ -83,6 +83,10 @@ pub struct TrainerConfig {
     pub eval_steps: Option<usize>,
     /// Evaluate at the end of each epoch. Default true.
     pub eval_each_epoch: bool,
+    /// Evaluate before the first step of a fresh run (not of a resumed one), so the log and
+    /// `curves.png` show where training started (Hugging Face's `eval_on_start`). The result is
+    /// [`TrainSummary::initial_eval`]; it is not a candidate for the best adapter. Default false.
+    pub eval_on_start: bool,
     /// Save a checkpoint every this many optimizer steps. Default `None`.
     pub save_steps: Option<usize>,
     /// Save a checkpoint at the end of each epoch. Default true. A checkpoint is always
@@ -134,6 +138,7 @@ impl Default for TrainerConfig {
             group_by_length: false,
             eval_steps: None,
             eval_each_epoch: true,
+            eval_on_start: false,
             save_steps: None,
             save_each_epoch: true,
             save_total_limit: Some(2),
@@ -245,6 +250,8 @@ pub struct TrainSummary {
     pub resumed_from: Option<usize>,
     /// Mean training loss of each optimizer step of this run, in order.
     pub losses: Vec<f64>,
+    /// The evaluation before training ([`TrainerConfig::eval_on_start`]).
+    pub initial_eval: Option<Metrics>,
     /// The last evaluation's metrics.
     pub final_eval: Option<Metrics>,
     /// The best evaluation.
@@ -496,6 +503,12 @@ impl Trainer {
         if let (Some(dir), Some(step)) = (&resume_dir, resumed_from) {
             progress.message(&format!("resuming from {} (step {step})", dir.display()));
         }
+        let initial_eval = match valid {
+            Some(v) if c.eval_on_start && resumed_from.is_none() => {
+                Some(self.log_eval(&model, v, run.state.global_step, 0.0, &mut log, &progress)?)
+            }
+            _ => None,
+        };
         let elapsed_before = run.state.elapsed_secs;
         let mut losses = Vec::new();
         let mut tokens_run: u64 = 0;
@@ -661,6 +674,7 @@ impl Trainer {
             stop_reason,
             resumed_from,
             losses,
+            initial_eval,
             final_eval: run.last_eval.clone(),
             best: match (run.state.best_metric, run.state.best_step) {
                 (Some(value), Some(step)) => Some(BestMetric {
@@ -748,6 +762,35 @@ impl Trainer {
         Ok(m)
     }
 
+    /// Evaluates, writes the `eval_*` record of `step` to the log and reports it.
+    fn log_eval<M, D>(
+        &self,
+        model: &M,
+        valid: &D,
+        step: usize,
+        epoch: f64,
+        log: &mut MetricsLog,
+        progress: &Progress,
+    ) -> Result<Metrics>
+    where
+        M: TrainModel,
+        D: BatchSource<Batch = M::Batch>,
+    {
+        let m = self.evaluate(model, valid)?;
+        let mut record = serde_json::Map::new();
+        record.insert("step".into(), json!(step));
+        record.insert("epoch".into(), json!(epoch));
+        for (k, v) in &m {
+            record.insert(format!("eval_{k}"), json!(v));
+        }
+        log.write(Value::Object(record))?;
+        progress.message(&format!(
+            "eval step {step} epoch {epoch:.2}: {}",
+            fmt_metrics(&m)
+        ));
+        Ok(m)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn evaluate_and_track<M, D>(
         &self,
@@ -764,19 +807,8 @@ impl Trainer {
         D: BatchSource<Batch = M::Batch>,
     {
         let c = &self.config;
-        let m = self.evaluate(model, valid)?;
         let step = run.state.global_step;
-        let mut record = serde_json::Map::new();
-        record.insert("step".into(), json!(step));
-        record.insert("epoch".into(), json!(epoch));
-        for (k, v) in &m {
-            record.insert(format!("eval_{k}"), json!(v));
-        }
-        log.write(Value::Object(record))?;
-        progress.message(&format!(
-            "eval step {step} epoch {epoch:.2}: {}",
-            fmt_metrics(&m)
-        ));
+        let m = self.log_eval(model, valid, step, epoch, log, progress)?;
         let key = c.best_key();
         let value = *m.get(key).ok_or_else(|| {
             TrainError::config(

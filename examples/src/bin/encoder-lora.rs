@@ -389,6 +389,9 @@ where
             warmup: Warmup::Ratio(a.warmup_ratio),
         },
         seed: a.run.seed,
+        // The held-out score of the starting point (fresh head, B = 0), so the run shows what
+        // LoRA changed; a resumed run already recorded it.
+        eval_on_start: true,
         metric_for_best: metric.clone(),
         resume: a.run.resume_mode(),
         overwrite_output_dir: a.run.overwrite,
@@ -396,20 +399,6 @@ where
     };
     let label_names = train.label_names().map(<[String]>::to_vec);
     let trainer = Trainer::new(config, device)?;
-    // The held-out score of the starting point (fresh head, B = 0), so the run shows what LoRA
-    // changed; a resumed run already recorded it.
-    let before = match (&valid, a.run.resume) {
-        (Some(v), false) => {
-            let m = trainer
-                .evaluate(&model, v)
-                .map_err(|e| train_error(e, &a.run.out))?;
-            let text = serde_json::to_string(&m).unwrap_or_default();
-            lora_core::io::write_atomic(&a.run.out.join("eval_before.json"), text.as_bytes())?;
-            eprintln!("validation before training: {}", metric_line(&m));
-            Some(m)
-        }
-        _ => None,
-    };
     let interrupter = trainer.interrupter();
     stop_on_ctrl_c(interrupter.clone())?;
     let trained = trainer
@@ -434,9 +423,13 @@ where
         s.wall_time,
         s.adapter_dir.display()
     );
+    if let Some(b) = &s.initial_eval {
+        let text = serde_json::to_string(b).unwrap_or_default();
+        lora_core::io::write_atomic(&a.run.out.join("eval_before.json"), text.as_bytes())?;
+    }
     if let Some(m) = &s.final_eval {
         eprintln!("validation after training: {}", metric_line(m));
-        if let Some(b) = &before {
+        if let Some(b) = &s.initial_eval {
             // The trainer accepts an `eval_` prefix; the metrics maps are keyed without it.
             let key = metric.strip_prefix("eval_").unwrap_or(&metric);
             if let (Some(x), Some(y)) = (b.get(key), m.get(key)) {
