@@ -303,7 +303,7 @@ impl Ticks {
                 2
             }
         };
-        if max > 0.0 && (max < 1e-2 || max >= 1e5) {
+        if max > 0.0 && !(1e-2..1e5).contains(&max) {
             // Mantissa digits that tell the ticks apart: step relative to the magnitude.
             let exp = max.log10().floor();
             let decimals = digits(step / 10f64.powf(exp)).clamp(1, 4);
