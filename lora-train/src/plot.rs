@@ -364,8 +364,8 @@ mod tests {
     #[test]
     fn ticks_tell_values_apart() {
         let loss = Ticks::for_range(0.4, 0.7);
-        assert_eq!(loss.format(0.693), "0.69");
-        assert_eq!(loss.finer().format(0.6931), "0.693");
+        assert_eq!(loss.format(0.612), "0.61");
+        assert_eq!(loss.finer().format(0.6123), "0.612");
         assert_eq!(Ticks::for_range(0.0, 300.0).format(274.0), "274");
         // A learning-rate axis is scientific throughout, zero aside.
         let lr = Ticks::for_range(0.0, 5e-4);
