@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 resolve() { # cargo tree args... -> "name version features" per package, workspace crates left out
-  cargo tree "$@" --prefix none --format '{p} [{f}]' 2>/dev/null |
+  cargo tree "$@" --prefix none --format '{p} [{f}]' |
     sed 's/ (\*)//; s/ (proc-macro)//' | grep -Ev '^(lora-[a-z]+|workspace-hack) ' | sort -u
 }
 sets() { # "name version [features]" lines -> "name@version set;set" (sorted), one per package
@@ -16,6 +16,10 @@ sets() { # "name version [features]" lines -> "name@version set;set" (sorted), o
     sort
 }
 reference=$(resolve --workspace -e normal,build,dev)
+if [ -z "$reference" ]; then
+  echo "error: cargo tree resolved no dependencies" >&2
+  exit 1
+fi
 status=0
 check() { # label, cargo tree args...
   local label=$1; shift
