@@ -298,6 +298,8 @@ fn label_cell(row: &dyn Row, column: &str, src: &Source) -> Result<String> {
 }
 
 fn record_of(row: &dyn Row, columns: &Columns, src: Source) -> Result<Record> {
+    let pair =
+        |column: &Option<String>| column.as_ref().map(|c| text_cell(row, c, &src)).transpose();
     let (text, text_pair, target) = match columns {
         Columns::Labeled {
             text,
@@ -305,10 +307,7 @@ fn record_of(row: &dyn Row, columns: &Columns, src: Source) -> Result<Record> {
             label,
         } => (
             text_cell(row, text, &src)?,
-            match text_pair {
-                Some(c) => Some(text_cell(row, c, &src)?),
-                None => None,
-            },
+            pair(text_pair)?,
             RawTarget::Label(label_cell(row, label, &src)?),
         ),
         Columns::PromptCompletion { prompt, completion } => (
@@ -328,10 +327,7 @@ fn record_of(row: &dyn Row, columns: &Columns, src: Source) -> Result<Record> {
         Columns::Text { text } => (text_cell(row, text, &src)?, None, RawTarget::None),
         Columns::Inputs { text, text_pair } => (
             text_cell(row, text, &src)?,
-            match text_pair {
-                Some(c) => Some(text_cell(row, c, &src)?),
-                None => None,
-            },
+            pair(text_pair)?,
             RawTarget::None,
         ),
     };

@@ -55,7 +55,7 @@ enum Command {
     Info(InfoArgs),
 }
 
-#[derive(Args, Clone)]
+#[derive(Args)]
 struct DataArgs {
     /// Column with the text.
     #[arg(long, default_value = "sentence")]
@@ -276,8 +276,7 @@ fn adapter_head_rows(adapter: &Path, key: &str) -> Result<Option<usize>> {
 /// Label names and output count of the head: names from the adapter's `labels.json` (written
 /// by `train`), else the checkpoint's `id2label`, else class indices; the count from
 /// `labels.json`, else the adapter's head weights, else the checkpoint's config.
-fn resolve_head<M: EncoderCheckpoint>(dir: &Path, adapter: Option<&Path>) -> Result<Head> {
-    let config = BertConfig::load(dir)?;
+fn resolve_head<M: EncoderCheckpoint>(config: &BertConfig, adapter: Option<&Path>) -> Result<Head> {
     let names = adapter_labels(adapter)?;
     let rows = match (adapter, M::LABEL_KEY) {
         (Some(a), Some(key)) => adapter_head_rows(a, key)?,
@@ -423,15 +422,20 @@ where
         s.wall_time,
         s.adapter_dir.display()
     );
+    report_held_out(&a.run.out, s, &metric)
+}
+
+/// Writes `eval_before.json` and prints the held-out `metric` before and after training.
+fn report_held_out(out: &Path, s: &lora_train::TrainSummary, metric: &str) -> Result<()> {
     if let Some(b) = &s.initial_eval {
         let text = serde_json::to_string(b).unwrap_or_default();
-        lora_core::io::write_atomic(&a.run.out.join("eval_before.json"), text.as_bytes())?;
+        lora_core::io::write_atomic(&out.join("eval_before.json"), text.as_bytes())?;
     }
     if let Some(m) = &s.final_eval {
         eprintln!("validation after training: {}", metric_line(m));
         if let Some(b) = &s.initial_eval {
             // The trainer accepts an `eval_` prefix; the metrics maps are keyed without it.
-            let key = metric.strip_prefix("eval_").unwrap_or(&metric);
+            let key = metric.strip_prefix("eval_").unwrap_or(metric);
             if let (Some(x), Some(y)) = (b.get(key), m.get(key)) {
                 eprintln!("held-out {key}: {x:.4} before → {y:.4} after LoRA");
             }
@@ -544,11 +548,13 @@ fn eval(mut a: EvalArgs) -> Result<()> {
         },
         device.clone(),
     )?;
+    let config = BertConfig::load(&dir)?;
     let metrics = with_classifier!(&dir, M => {
-        let head = resolve_head::<M>(&dir, a.adapter.as_deref())?;
-        let mut data_args = a.data_args.clone();
-        data_args.regression |= head.is_regression();
-        let data = data_args.config(Some(head.names.clone()), 0.0);
+        let head = resolve_head::<M>(&config, a.adapter.as_deref())?;
+        let mut data = a.data_args.config(Some(head.names.clone()), 0.0);
+        if head.is_regression() {
+            data.task = Task::Regression;
+        }
         let (set, _) = load_text_datasets(&a.data, None, &data, &tokenizer)?;
         let model: M = classifier(&dir, &device, a.adapter.as_deref(), &head)?;
         trainer.evaluate(&model, &set)?
@@ -583,25 +589,32 @@ fn predict_inputs(a: &PredictArgs) -> Result<Vec<(String, Option<String>)>> {
     Ok(records.into_iter().map(|r| (r.text, r.text_pair)).collect())
 }
 
-/// One prediction as JSON: `{label, probabilities}` for a classifier, `{value}` for a
-/// regression head. `logits`: `[outputs]`.
-fn prediction(head: &Head, logits: &[f32]) -> serde_json::Value {
+/// One JSON line per row of `logits` `[rows, outputs]`: `{label, probabilities}` for a
+/// classifier, `{value}` for a regression head.
+fn predictions(head: &Head, logits: Tensor<2>) -> Result<Vec<serde_json::Value>> {
+    let [_, k] = logits.dims();
     if head.is_regression() {
-        return serde_json::json!({ "value": logits.first() });
+        let values = lora_core::io::HostTensor::from_tensor(logits, "logits")?.data;
+        return Ok(values
+            .iter()
+            .map(|v| serde_json::json!({ "value": v }))
+            .collect());
     }
-    // Softmax on the host: one row of a few classes.
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
-    let sum: f64 = exp.iter().sum();
-    let probs: Vec<f64> = exp.iter().map(|e| e / sum).collect();
-    let best = (0..probs.len()).fold(0, |b, i| if probs[i] > probs[b] { i } else { b });
-    let table: serde_json::Map<String, serde_json::Value> = head
-        .names
-        .iter()
-        .zip(&probs)
-        .map(|(n, p)| (n.clone(), serde_json::json!(p)))
-        .collect();
-    serde_json::json!({ "label": head.names.get(best), "probabilities": table })
+    let probs = burn::tensor::activation::softmax(logits, 1);
+    let probs = lora_core::io::HostTensor::from_tensor(probs, "probabilities")?.data;
+    Ok(probs
+        .chunks(k.max(1))
+        .map(|row| {
+            let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+            let table: serde_json::Map<String, serde_json::Value> = head
+                .names
+                .iter()
+                .zip(row)
+                .map(|(n, p)| (n.clone(), serde_json::json!(p)))
+                .collect();
+            serde_json::json!({ "label": head.names.get(best), "probabilities": table })
+        })
+        .collect())
 }
 
 fn predict(a: PredictArgs) -> Result<()> {
@@ -614,7 +627,7 @@ fn predict(a: PredictArgs) -> Result<()> {
     let config = BertConfig::load(&dir)?;
     let tokenizer = EncoderTokenizer::from_dir(&dir, &config)?.with_max_length(a.max_length)?;
     with_classifier!(&dir, M => {
-        let head = resolve_head::<M>(&dir, a.adapter.as_deref())?;
+        let head = resolve_head::<M>(&config, a.adapter.as_deref())?;
         let model: M = classifier(&dir, &device, a.adapter.as_deref(), &head)?;
         for chunk in inputs.chunks(a.batch_size) {
             let rows = chunk
@@ -635,10 +648,7 @@ fn predict(a: PredictArgs) -> Result<()> {
                 Some(batch.attention_mask),
                 Some(batch.token_type_ids),
             )?;
-            let [_, k] = logits.dims();
-            let values = lora_core::io::HostTensor::from_tensor(logits, "logits")?.data;
-            for row in values.chunks(k.max(1)) {
-                let value = prediction(&head, row);
+            for value in predictions(&head, logits)? {
                 if a.json && a.data.is_none() {
                     print_json(&value);
                 } else {
