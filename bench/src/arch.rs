@@ -4,6 +4,7 @@
 use burn::module::{Lora, Module, ParamGroup};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use lora_core::weight::{self, PathMap};
 use lora_core::{InitLoraWeights, LoraConfig, LoraSites, TargetModules};
 use lora_models::bert::{BertConfig, RobertaForSequenceClassification, inject_encoder_lora};
 use lora_models::gpt2::{CAttnMode, Gpt2Config, Gpt2LmHeadModel, inject_gpt2_lora};
@@ -101,6 +102,9 @@ pub enum TrainMode {
     /// burn's built-in `Module::apply_lora` on the same weights, with burn's own AdamW, as a burn
     /// user would train it.
     BurnLora,
+    /// Our weight-level LoRA (`lora_core::weight`, the path for unmodified burn models) on the
+    /// same weights, lora-train's AdamW over the adapters (and the RoBERTa classifier).
+    WeightLora,
 }
 
 impl TrainMode {
@@ -110,6 +114,7 @@ impl TrainMode {
             TrainMode::Full => "full",
             TrainMode::Lora => "lora",
             TrainMode::BurnLora => "burn-lora",
+            TrainMode::WeightLora => "weight-lora",
         }
     }
 }
@@ -303,6 +308,20 @@ pub fn prepare<M: BenchModel>(
     match mode {
         TrainMode::Full => Ok(model),
         TrainMode::Lora => model.inject_ours(lora, targets, InitLoraWeights::Default),
+        TrainMode::WeightLora => {
+            let mut config = lora_config(M::arch(), lora, targets, InitLoraWeights::Default);
+            if M::burn_lora_unfreeze().is_some() {
+                config.modules_to_save = Some(vec!["classifier".into()]);
+            }
+            // The LoraLinear sites without adapters are plain weights to this path, at the
+            // same burn paths.
+            Ok(weight::inject_adapter(
+                model,
+                &config,
+                "default",
+                &PathMap::identity(),
+            )?)
+        }
         TrainMode::BurnLora => {
             let group = ParamGroup::from_regex(M::arch().burn_weight_regex(targets))
                 .map_err(|e| BenchError::Invalid(format!("parameter group: {e:?}")))?;

@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     device: Vec<String>,
     /// Training modes.
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["full", "lora", "burn-lora"])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["full", "lora", "burn-lora", "weight-lora"])]
     mode: Vec<TrainMode>,
     /// Sequences per step.
     #[arg(long, default_value_t = 4)]
@@ -196,7 +196,7 @@ fn run_torch(args: &Args, python: &Path) -> Result<TorchResults> {
     let modes: Vec<&str> = args
         .mode
         .iter()
-        .filter(|m| **m != TrainMode::BurnLora)
+        .filter(|m| matches!(m, TrainMode::Full | TrainMode::Lora))
         .map(|m| m.name())
         .collect();
     let mut cmd = Command::new(python);

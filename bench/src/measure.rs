@@ -55,7 +55,7 @@ pub struct TrainRun {
     pub arch: Arch,
     /// Device (or `torch-cpu` for the PyTorch reference).
     pub device: String,
-    /// `full`, `lora` or `burn-lora`.
+    /// `full`, `lora`, `burn-lora` or `weight-lora`.
     pub mode: String,
     /// Trainable parameters.
     pub trainable_params: u64,
@@ -160,10 +160,12 @@ enum Optimizer {
 impl Optimizer {
     fn for_mode(mode: TrainMode) -> Self {
         match mode {
-            TrainMode::Full | TrainMode::Lora => Optimizer::Ours(AdamW::new(OptimizerConfig {
-                learning_rate: LR,
-                ..OptimizerConfig::default()
-            })),
+            TrainMode::Full | TrainMode::Lora | TrainMode::WeightLora => {
+                Optimizer::Ours(AdamW::new(OptimizerConfig {
+                    learning_rate: LR,
+                    ..OptimizerConfig::default()
+                }))
+            }
             TrainMode::BurnLora => {
                 Optimizer::Burn(AdamWConfig::new().with_weight_decay(0.01).init())
             }

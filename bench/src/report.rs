@@ -121,6 +121,7 @@ impl Report {
             let full = find(&self.train, *arch, device, "full");
             let lora = find(&self.train, *arch, device, "lora");
             let burn = find(&self.train, *arch, device, "burn-lora");
+            let weight = find(&self.train, *arch, device, "weight-lora");
             let torch_lora = find(&self.train, *arch, TORCH_DEVICE, "lora");
             if let (Some(l), Some(f)) = (lora, full) {
                 push(
@@ -163,6 +164,40 @@ impl Report {
                     "lora/apply_lora training memory (peak − model)",
                     added(l),
                     added(b),
+                    None,
+                );
+            }
+            if let (Some(w), Some(l), Some(b)) = (weight, lora, burn) {
+                push(
+                    *arch,
+                    device,
+                    "weight-lora/lora step time",
+                    w.median_s,
+                    l.median_s,
+                    None,
+                );
+                push(
+                    *arch,
+                    device,
+                    "weight-lora/lora peak memory",
+                    peak(w),
+                    peak(l),
+                    None,
+                );
+                push(
+                    *arch,
+                    device,
+                    "weight-lora/apply_lora step time",
+                    w.median_s,
+                    b.median_s,
+                    None,
+                );
+                push(
+                    *arch,
+                    device,
+                    "weight-lora/apply_lora peak memory",
+                    peak(w),
+                    peak(b),
                     None,
                 );
             }

@@ -25,6 +25,8 @@ use crate::sites::LoraSites;
 pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
 /// Prefix PEFT puts before every module path.
 pub const KEY_PREFIX: &str = "base_model.model.";
+/// PEFT's key (after the module path) of a DoRA magnitude vector.
+pub const MAGNITUDE: &str = "lora_magnitude_vector";
 
 fn is_linear_weight(p: &ParamInfo) -> bool {
     p.shape.len() == 2
@@ -47,7 +49,8 @@ pub fn adapter_state<M: Module + LoraSites>(
     let mut sites = Vec::new();
     model.visit_lora_sites("", &mut |p, l| {
         if l.adapter_names().iter().any(|n| n == name) {
-            sites.push((p.to_string(), l.kind(), l.factors(name)));
+            let magnitude = l.magnitude(name);
+            sites.push((p.to_string(), l.kind(), l.factors(name), magnitude));
         }
     });
     if sites.is_empty() {
@@ -56,20 +59,14 @@ pub fn adapter_state<M: Module + LoraSites>(
             adapter: name.to_string(),
         });
     }
-    for (path, kind, factors) in sites {
+    for (path, kind, factors, magnitude) in sites {
         let f = factors?;
-        let r = f.a.dims()[1];
-        let spec = config.spec_for(&path)?;
-        if r != spec.r || (f.scale - spec.scale).abs() > 1e-12 * spec.scale.abs().max(1.0) {
-            let alpha = if config.use_rslora {
-                f.scale * (r as f64).sqrt()
-            } else {
-                f.scale * r as f64
-            };
-            let key = regex::escape(&path);
-            config.rank_pattern.insert(key.clone(), r);
-            config.alpha_pattern.insert(key, alpha);
+        if let Some(m) = magnitude? {
+            let key = format!("{KEY_PREFIX}{path}.{MAGNITUDE}");
+            out.push((key.clone(), HostTensor::from_tensor(m, &key)?));
+            config.use_dora = true;
         }
+        pin_spec(&mut config, &path, f.a.dims()[1], f.scale)?;
         let a = HostTensor::from_tensor(f.a, &path)?.transposed();
         let b = HostTensor::from_tensor(f.b, &path)?.transposed();
         let (ka, kb) = match kind {
@@ -107,6 +104,23 @@ pub fn adapter_state<M: Module + LoraSites>(
     Ok((out, config))
 }
 
+/// Adds `rank_pattern`/`alpha_pattern` entries for `path` when its adapter's rank or scale is
+/// not what `config` gives it, so PEFT rebuilds the same update.
+pub(crate) fn pin_spec(config: &mut LoraConfig, path: &str, r: usize, scale: f64) -> Result<()> {
+    let spec = config.spec_for(path)?;
+    if r != spec.r || (scale - spec.scale).abs() > 1e-12 * spec.scale.abs().max(1.0) {
+        let alpha = if config.use_rslora {
+            scale * (r as f64).sqrt()
+        } else {
+            scale * r as f64
+        };
+        let key = regex::escape(path);
+        config.rank_pattern.insert(key.clone(), r);
+        config.alpha_pattern.insert(key, alpha);
+    }
+    Ok(())
+}
+
 /// Writes adapter `name` to `dir` as PEFT does (`adapter_config.json` and
 /// `adapter_model.safetensors` with metadata `{"format": "pt"}`), each file atomically.
 pub fn save_adapter<M: Module + LoraSites>(
@@ -133,7 +147,15 @@ pub fn load_adapter<M: Module + LoraSites>(
     dir: impl AsRef<Path>,
     name: &str,
 ) -> Result<(M, LoraConfig)> {
-    let dir = dir.as_ref();
+    let (config, file, path) = read_adapter_dir(dir.as_ref())?;
+    let model = apply_adapter_state(model, &config, name, file, &path)?;
+    Ok((model, config))
+}
+
+/// Reads a PEFT adapter directory: its config, its tensors by key, and the weights file path.
+pub(crate) fn read_adapter_dir(
+    dir: &Path,
+) -> Result<(LoraConfig, HashMap<String, HostTensor>, std::path::PathBuf)> {
     let config = LoraConfig::load(dir.join(CONFIG_FILE))?;
     let path = dir.join(ADAPTER_FILE);
     if !path.exists() && dir.join("adapter_model.bin").exists() {
@@ -148,8 +170,7 @@ pub fn load_adapter<M: Module + LoraSites>(
     for (key, view) in st.tensors() {
         file.insert(key.clone(), view_to_host(&key, &view)?);
     }
-    let model = apply_adapter_state(model, &config, name, file, &path)?;
-    Ok((model, config))
+    Ok((config, file, path))
 }
 
 /// Applies PEFT-keyed tensors (as read from an adapter file) to a copy of `model`.
@@ -167,7 +188,7 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
         file: source.to_path_buf(),
     };
     // Adapter factors, site by site.
-    let mut factors: Vec<(String, Factors)> = Vec::new();
+    let mut factors: Vec<(String, Factors, Option<(Tensor<1>, String)>)> = Vec::new();
     let mut sites = Vec::new();
     model.visit_lora_sites("", &mut |p, l| {
         if l.adapter_names().iter().any(|n| n == name) {
@@ -187,6 +208,14 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
         let b = file.remove(&key_b).ok_or_else(|| missing(&key_b))?;
         expect_shape(&key_a, &a, &[spec.r, d_in])?;
         expect_shape(&key_b, &b, &[d_out, spec.r])?;
+        let magnitude = if spec.dora {
+            let key = format!("{KEY_PREFIX}{path}.{MAGNITUDE}");
+            let m = file.remove(&key).ok_or_else(|| missing(&key))?;
+            expect_shape(&key, &m, &[d_out])?;
+            Some((m.to_tensor::<1>(&device, &key)?, key))
+        } else {
+            None
+        };
         factors.push((
             path,
             Factors {
@@ -194,6 +223,7 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
                 b: b.transposed().to_tensor(&device, &key_b)?,
                 scale: spec.scale,
             },
+            magnitude,
         ));
     }
     // Everything else must be a parameter of the model (modules_to_save, biases).
@@ -236,15 +266,19 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
         full.insert(info.burn_path.clone(), value);
     }
     // All checks passed: apply.
-    for (path, f) in factors {
+    for (path, f, magnitude) in factors {
         let key = format!("{KEY_PREFIX}{path}");
         let mut result = Ok(());
         let mut f = Some(f);
+        let mut magnitude = magnitude;
         model.visit_lora_sites_mut("", &mut |p, l| {
             if p == path
                 && let Some(f) = f.take()
             {
                 result = l.set_factors(name, f, &key);
+                if let (Ok(()), Some((m, key))) = (&result, magnitude.take()) {
+                    result = l.set_magnitude(name, m, &key);
+                }
             }
             Ok(())
         })?;
@@ -260,7 +294,7 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
     Ok(model)
 }
 
-fn expect_shape(key: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
+pub(crate) fn expect_shape(key: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
     if t.shape != expected {
         return Err(LoraError::ShapeMismatch {
             key: key.to_string(),
@@ -290,9 +324,18 @@ fn collect_values<M: Module>(
     model: &M,
     wanted: &BTreeMap<String, &ParamInfo>,
 ) -> Result<Vec<(String, HostTensor)>> {
+    read_values(model, &wanted.keys().cloned().collect())
+}
+
+/// Reads the stored values of the parameters at the given burn paths (a reparameterized
+/// parameter gives its base).
+pub(crate) fn read_values<M: Module>(
+    model: &M,
+    wanted: &std::collections::BTreeSet<String>,
+) -> Result<Vec<(String, HostTensor)>> {
     struct V<'a> {
         walk: PathWalk,
-        wanted: &'a BTreeMap<String, &'a ParamInfo>,
+        wanted: &'a std::collections::BTreeSet<String>,
         out: Vec<Result<(String, HostTensor)>>,
     }
     impl burn::module::ModuleVisitor for V<'_> {
@@ -304,7 +347,7 @@ fn collect_values<M: Module>(
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let path = self.walk.path.join(".");
-            if self.wanted.contains_key(&path) {
+            if self.wanted.contains(&path) {
                 let v = HostTensor::from_tensor(param.val(), &path);
                 self.out.push(v.map(|v| (path, v)));
             }
@@ -319,9 +362,10 @@ fn collect_values<M: Module>(
     v.out.into_iter().collect()
 }
 
-struct SetValues<'a> {
-    walk: PathWalk,
-    values: &'a HashMap<String, HostTensor>,
+/// Replaces the values of the parameters at the given burn paths (ids and trainability kept).
+pub(crate) struct SetValues<'a> {
+    pub walk: PathWalk,
+    pub values: &'a HashMap<String, HostTensor>,
 }
 
 impl ModuleMapper for SetValues<'_> {

@@ -252,6 +252,8 @@ pub struct AdapterSpec {
     pub dropout: f64,
     /// Factor initialisation.
     pub init: InitLoraWeights,
+    /// Weight-decomposed LoRA (DoRA, `use_dora`): a trained per-output magnitude.
+    pub dora: bool,
 }
 
 impl LoraConfig {
@@ -424,9 +426,6 @@ impl LoraConfig {
                 compile("layers_pattern", &format!(r"^.*\.{pat}\.(\d+)\."))?;
             }
         }
-        if self.use_dora {
-            return Err(LoraError::Unsupported("use_dora = true (DoRA)".into()));
-        }
         if self.lora_bias {
             return Err(LoraError::Unsupported("lora_bias = true".into()));
         }
@@ -437,19 +436,39 @@ impl LoraConfig {
         {
             return Err(LoraError::Unsupported("layer_replication".into()));
         }
-        if self
-            .target_parameters
-            .as_ref()
-            .is_some_and(|v| !(v.is_null() || v.as_array().is_some_and(|a| a.is_empty())))
-        {
-            return Err(LoraError::Unsupported("target_parameters".into()));
-        }
+        self.target_parameter_list()?;
         if self
             .trainable_token_indices
             .as_ref()
             .is_some_and(|v| !v.is_null())
         {
             return Err(LoraError::Unsupported("trainable_token_indices".into()));
+        }
+        Ok(())
+    }
+
+    /// PEFT's `target_parameters` (parameter paths, matched exactly or as a dotted suffix);
+    /// empty when absent. Anything but a list of strings is an error.
+    pub fn target_parameter_list(&self) -> Result<Vec<String>> {
+        let bad = || LoraError::config("target_parameters", "must be a list of parameter names");
+        match &self.target_parameters {
+            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
+                .collect(),
+            Some(_) => Err(bad()),
+        }
+    }
+
+    /// Rejects what only weight-level adapters ([`weight`](crate::weight)) implement, for the
+    /// factored [`LoraLinear`](crate::LoraLinear) / [`LoraEmbedding`](crate::LoraEmbedding) path.
+    pub fn check_factored(&self) -> Result<()> {
+        if !self.target_parameter_list()?.is_empty() {
+            return Err(LoraError::Unsupported(
+                "target_parameters on LoraLinear/LoraEmbedding sites (use lora_core::weight)"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -520,6 +539,7 @@ impl LoraConfig {
             scale: scale(alpha, r, self.use_rslora),
             dropout: self.lora_dropout,
             init: self.init_lora_weights,
+            dora: self.use_dora,
         })
     }
 

@@ -278,6 +278,10 @@ impl LoraLayer for LoraEmbedding {
         self.weight.lazy_device()
     }
 
+    fn base_id(&self) -> burn::module::ParamId {
+        self.weight.id
+    }
+
     fn has_bias(&self) -> bool {
         false
     }

@@ -36,6 +36,18 @@ pub enum LoraError {
         #[source]
         source: regex::Error,
     },
+    /// A `LoraLinear`/`LoraEmbedding` of the model is not reachable through its `LoraSites`
+    /// (usually a field missing from `lora_sites!`), so targets would silently skip it.
+    #[error(
+        "`{module}` is a LoRA layer that the model's LoraSites does not list (a field missing \
+         from lora_sites!?); listed sites: {listed}"
+    )]
+    UnlistedSite {
+        /// The module path the visitor found.
+        module: String,
+        /// The sites LoraSites lists.
+        listed: String,
+    },
     /// An operation named an adapter that the module does not have.
     #[error("module `{module}` has no adapter named `{adapter}`")]
     UnknownAdapter {

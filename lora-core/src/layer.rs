@@ -1,6 +1,7 @@
 //! [`LoraLayer`]: what every LoRA-capable layer offers, so that targeting, merging and adapter
 //! files work on any layer kind through one interface.
 
+use burn::module::ParamId;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
@@ -83,6 +84,22 @@ pub trait LoraLayer {
     fn has_bias(&self) -> bool;
     /// The device holding the base weight.
     fn device(&self) -> Device;
+    /// The id of the base weight parameter (identifies the layer inside a module tree).
+    fn base_id(&self) -> ParamId;
+    /// The DoRA magnitude `[d_out]` of the adapter, if it is a DoRA adapter.
+    fn magnitude(&self, name: &str) -> Result<Option<Tensor<1>>> {
+        let _ = name;
+        Ok(None)
+    }
+    /// Replaces a DoRA adapter's magnitude (shape checked; `key` names the source in errors).
+    fn set_magnitude(&mut self, name: &str, magnitude: Tensor<1>, key: &str) -> Result<()> {
+        let _ = (name, magnitude);
+        Err(LoraError::UnexpectedTensor {
+            key: key.to_string(),
+            file: Default::default(),
+            reason: "DoRA magnitude for a layer kind without DoRA".into(),
+        })
+    }
 }
 
 /// Initial `(a [d_in, r], b [r, d_out])` for a linear adapter, following PEFT.

@@ -6,20 +6,65 @@
 //! update can be merged (`W0 + (alpha/r)·A·B`) so inference costs nothing extra.
 //!
 //! This crate gives you:
-//! - [`LoraLinear`] and [`LoraEmbedding`]: burn modules with named adapters, computed in factored
-//!   form (no weight-sized gradient), merge/unmerge that are exact inverses;
+//! - [`weight`]: LoRA and DoRA on **any** burn module, unmodified (burn-nn `Linear` and
+//!   `Embedding` weights found by the module visitor, or any 2-D/3-D parameter with
+//!   `target_parameters`), through burn's public `Reparameterizer` API; PEFT files through a
+//!   [`PathMap`](weight::PathMap);
+//! - [`LoraLinear`] and [`LoraEmbedding`]: the factored fast path for models written for this
+//!   library (no weight-sized gradient, input dropout), merge/unmerge that are exact inverses;
 //! - [`LoraConfig`]: PEFT's config, field for field, read from and written to
 //!   `adapter_config.json`, with PEFT's target rules (suffix lists, regexes,
 //!   `layers_to_transform`, `rank_pattern`/`alpha_pattern`, rsLoRA, `bias`, `modules_to_save`);
-//! - [`inject_adapter`]: attaches adapters to any model that names its sites with
-//!   [`LoraSites`] and freezes the rest; [`LoraModelExt`] merges, switches and deletes them;
+//! - [`inject_adapter`]: attaches adapters to a model that names its sites with [`LoraSites`]
+//!   and freezes the rest; [`LoraModelExt`] merges, switches and deletes them;
 //! - [`save_adapter`] / [`load_adapter`]: PEFT's adapter files, both directions;
 //! - [`ParamReport`]: PEFT's `trainable params: X || all params: Y || trainable%: Z`.
 //!
 //! Modules have no backend type parameter (burn 0.22): the same code runs on
 //! `Device::flex()`, `Device::ndarray()` and wgpu; see [`device`].
 //!
-//! ## Making your own model LoRA-capable
+//! ## Your own burn model, unchanged
+//!
+//! ```
+//! use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+//! use burn::prelude::*;
+//! use lora_core::LoraConfig;
+//! use lora_core::weight::{self, PathMap};
+//!
+//! /// Plain burn-nn: no LoRA types, no macro.
+//! #[derive(Module, Debug)]
+//! struct Net {
+//!     emb: Embedding,
+//!     fc: Linear,
+//! }
+//!
+//! # fn main() -> Result<(), lora_core::LoraError> {
+//! let device = Device::flex();
+//! let net = Net {
+//!     emb: EmbeddingConfig::new(100, 16).init(&device),
+//!     fc: LinearConfig::new(16, 2).init(&device),
+//! };
+//! let ids = Tensor::<2, Int>::from_data([[1, 2, 3]], &device);
+//! let before = net.fc.forward(net.emb.forward(ids.clone()));
+//!
+//! // PEFT's config and target rules, on burn's module paths (`fc`), or on the PyTorch paths a
+//! // PathMap gives them.
+//! let config = LoraConfig::new(4, 8.0, &["fc"]);
+//! let net = weight::inject_adapter(net, &config, "default", &PathMap::identity())?;
+//! // B starts at zero: the output is unchanged; only the adapter trains.
+//! let after = net.fc.forward(net.emb.forward(ids));
+//! after.into_data().assert_approx_eq::<f32>(&before.into_data(), Default::default());
+//! let report = weight::report(&net, &config, &PathMap::identity());
+//! assert_eq!(report.trainable, 4 * 16 + 2 * 4);
+//!
+//! // After training: fold the adapter in and get a plain `Net` back.
+//! let net = weight::merge_and_unload(net);
+//! # let _ = net;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## The factored fast path: models written for lora-burn
 //!
 //! Use [`LoraLinear`] where you would use `burn::nn::Linear`, name the fields that hold sites
 //! with [`lora_sites!`], and inject:
@@ -79,9 +124,10 @@ pub mod linear;
 pub mod model;
 pub mod report;
 pub mod sites;
+pub mod weight;
 
 pub use adapter::{
-    ADAPTER_FILE, KEY_PREFIX, StateDictReport, adapter_state, apply_adapter_state,
+    ADAPTER_FILE, KEY_PREFIX, MAGNITUDE, StateDictReport, adapter_state, apply_adapter_state,
     export_state_dict, load_adapter, load_state_dict, read_safetensors, save_adapter,
     save_safetensors,
 };
@@ -94,7 +140,8 @@ pub use layer::{Factors, LayerKind, LoraLayer};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig, linear_rows};
 pub use model::{
     LoraModelExt, ParamInfo, SliceFn, TrainPolicy, adapted_paths, apply_trainability,
-    inject_adapter, inject_adapter_with, select_targets, site_paths, stable_id, visit_params,
+    check_sites_listed, inject_adapter, inject_adapter_with, select_targets, site_paths, stable_id,
+    visit_params,
 };
 pub use report::{ModuleParams, ParamReport};
 pub use sites::{LoraSites, join_path};

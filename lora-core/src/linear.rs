@@ -74,6 +74,9 @@ pub struct AdapterMeta {
     /// Output column ranges `(start, len)` the adapter writes to, one B factor each.
     /// A plain adapter has one slice covering all outputs.
     pub slices: Vec<(usize, usize)>,
+    /// For a merged DoRA adapter: the per-output norms of `W + ΔW` the merge divided by, kept
+    /// to undo it exactly (PEFT caches the same).
+    pub dora_norm: Option<Tensor<1>>,
 }
 
 /// One adapter on a linear layer: `ΔW = scale · A · B`, with A `[d_in, k·r]` and one
@@ -84,6 +87,8 @@ pub struct LinearAdapter {
     pub lora_a: Param<Tensor<2>>,
     /// B factors, one `[r, len]` per slice (PEFT's `lora_B.weight` transposed).
     pub lora_b: Vec<Param<Tensor<2>>>,
+    /// DoRA's magnitude `[d_out]` (PEFT's `lora_magnitude_vector`); `None` for plain LoRA.
+    pub magnitude: Option<Param<Tensor<1>>>,
     /// Dropout on the adapter input; active only in training on an autodiff device.
     pub dropout: Dropout,
     /// Name, scale, merge state and slices.
@@ -102,10 +107,35 @@ impl LinearAdapter {
     /// - `x`: `[..., d_in]`
     /// - output: `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>, d_out: usize) -> Tensor<D> {
+        self.branch(self.dropout.forward(x), d_out)
+    }
+
+    /// DoRA's contribution (PEFT's `DoraLinearLayer`): with `f = m / ‖W + ΔW‖` per output
+    /// (the norm detached, as in the DoRA paper's section 4.3) and `x̃ = dropout(x)`,
+    /// `(f − 1)·(x̃·W) + f·scale·(x̃·A)·B`, which is `x̃·(f⊙(W + ΔW)) − x̃·W`.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d_in]`, `weight`: `[d_in, d_out]`
+    /// - output: `[..., d_out]`
+    pub fn forward_dora<const D: usize>(&self, x: Tensor<D>, weight: Tensor<2>) -> Tensor<D> {
+        let d_out = weight.dims()[1];
+        let Some(m) = &self.magnitude else {
+            return self.forward(x, d_out);
+        };
+        let x = self.dropout.forward(x);
+        let norm = column_norm(weight.clone() + self.delta_weight(d_out)).detach();
+        let mut shape = [1; D];
+        shape[D - 1] = d_out;
+        let f: Tensor<D> = (m.val() / norm).reshape(shape);
+        let xw = linear_rows(x.clone(), weight, None);
+        (f.clone() - 1.0) * xw + f * self.branch(x, d_out)
+    }
+
+    /// `scale · (x·A)·B` on an input already dropped out.
+    fn branch<const D: usize>(&self, x: Tensor<D>, d_out: usize) -> Tensor<D> {
         let r = self.meta.r;
         // Scaling the rank-r activation is cheaper than scaling the d_out output; same result.
-        let h = linear_rows(self.dropout.forward(x), self.lora_a.val(), None)
-            .mul_scalar(self.meta.scale);
+        let h = linear_rows(x, self.lora_a.val(), None).mul_scalar(self.meta.scale);
         if self.is_plain(d_out) {
             return linear_rows(h, self.lora_b[0].val(), None);
         }
@@ -173,6 +203,12 @@ impl LinearAdapter {
         let f = self.factors(d_out);
         f.a.matmul(f.b).mul_scalar(f.scale).detach()
     }
+}
+
+/// Per-output (column) L2 norm of a `[d_in, d_out]` weight: `[d_out]`.
+pub(crate) fn column_norm(w: Tensor<2>) -> Tensor<1> {
+    let d_out = w.dims()[1];
+    w.powf_scalar(2.0).sum_dim(0).sqrt().reshape([d_out])
 }
 
 /// A linear layer `y = x·W + b` with LoRA adapters: `y = x·W + b + Σ scale·(dropout(x)·A)·B`
@@ -247,7 +283,10 @@ impl LoraLinear {
         self.adapters
             .iter()
             .filter(|a| !a.meta.merged && self.state.active.contains(&a.meta.name))
-            .fold(base, |y, a| y + a.forward(x.clone(), d_out))
+            .fold(base, |y, a| match a.magnitude {
+                None => y + a.forward(x.clone(), d_out),
+                Some(_) => y + a.forward_dora(x.clone(), self.weight.val()),
+            })
     }
 
     fn adapter(&self, name: &str) -> Result<&LinearAdapter> {
@@ -347,9 +386,15 @@ impl LoraLayer for LoraLinear {
             .iter()
             .map(|&(_, len)| Param::from_tensor(init_linear_factors(d_in, len, spec, &device).1))
             .collect();
-        self.adapters.push(LinearAdapter {
+        if spec.dora && sorted != [(0, d_out)] {
+            return Err(LoraError::Unsupported(
+                "DoRA on an output-sliced adapter (e.g. q/v of a fused projection)".into(),
+            ));
+        }
+        let mut adapter = LinearAdapter {
             lora_a: Param::from_tensor(a),
             lora_b,
+            magnitude: None,
             dropout: DropoutConfig::new(spec.dropout).init(),
             meta: AdapterMeta {
                 name: name.to_string(),
@@ -357,8 +402,15 @@ impl LoraLayer for LoraLinear {
                 scale: spec.scale,
                 merged: false,
                 slices: sorted,
+                dora_norm: None,
             },
-        });
+        };
+        if spec.dora {
+            // PEFT starts the magnitude at ‖W + ΔW‖, so DoRA starts where LoRA would.
+            let w = self.weight.val().detach() + adapter.delta_weight(d_out);
+            adapter.magnitude = Some(Param::from_tensor(column_norm(w).detach()));
+        }
+        self.adapters.push(adapter);
         self.state.active.push(name.to_string());
         Ok(())
     }
@@ -402,7 +454,22 @@ impl LoraLayer for LoraLinear {
             return Ok(());
         }
         let delta = self.adapters[i].delta_weight(self.shape().1);
-        self.shift_weight(delta, 1.0);
+        match self.adapters[i]
+            .magnitude
+            .as_ref()
+            .map(|m| m.val().detach())
+        {
+            None => self.shift_weight(delta, 1.0),
+            Some(m) => {
+                // W' = f⊙(W + ΔW) with f = m / ‖W + ΔW‖ per output; the norm is kept to undo it.
+                let w = self.weight.val().detach() + delta;
+                let norm = column_norm(w.clone());
+                let d_out = norm.dims()[0];
+                let f: Tensor<2> = (m / norm.clone()).reshape([1, d_out]);
+                self.weight = replace(&self.weight, w * f);
+                self.adapters[i].meta.dora_norm = Some(norm);
+            }
+        }
         self.adapters[i].meta.merged = true;
         Ok(())
     }
@@ -413,7 +480,19 @@ impl LoraLayer for LoraLinear {
             return Ok(());
         }
         let delta = self.adapters[i].delta_weight(self.shape().1);
-        self.shift_weight(delta, -1.0);
+        let magnitude = self.adapters[i]
+            .magnitude
+            .as_ref()
+            .map(|m| m.val().detach());
+        match (magnitude, self.adapters[i].meta.dora_norm.take()) {
+            (Some(m), Some(norm)) => {
+                let w = self.weight.val().detach();
+                let d_out = norm.dims()[0];
+                let f: Tensor<2> = (norm.to_device(&w.device()) / m).reshape([1, d_out]);
+                self.weight = replace(&self.weight, w * f - delta);
+            }
+            _ => self.shift_weight(delta, -1.0),
+        }
         self.adapters[i].meta.merged = false;
         Ok(())
     }
@@ -449,6 +528,40 @@ impl LoraLayer for LoraLinear {
 
     fn device(&self) -> Device {
         self.weight.lazy_device()
+    }
+
+    fn base_id(&self) -> burn::module::ParamId {
+        self.weight.id
+    }
+
+    fn magnitude(&self, name: &str) -> Result<Option<Tensor<1>>> {
+        Ok(self.adapter(name)?.magnitude.as_ref().map(|m| m.val()))
+    }
+
+    fn set_magnitude(&mut self, name: &str, magnitude: Tensor<1>, key: &str) -> Result<()> {
+        let d_out = self.shape().1;
+        let i = self.adapter_index(name)?;
+        if self.adapters[i].meta.merged {
+            self.unmerge(name)?;
+        }
+        let found = magnitude.dims();
+        let ad = &mut self.adapters[i];
+        match &ad.magnitude {
+            Some(m) if found == [d_out] => {
+                ad.magnitude = Some(replace(m, magnitude));
+                Ok(())
+            }
+            Some(_) => Err(LoraError::ShapeMismatch {
+                key: key.to_string(),
+                expected: vec![d_out],
+                found: found.to_vec(),
+            }),
+            None => Err(LoraError::UnexpectedTensor {
+                key: key.to_string(),
+                file: Default::default(),
+                reason: format!("adapter `{name}` is not a DoRA adapter"),
+            }),
+        }
     }
 
     fn has_bias(&self) -> bool {

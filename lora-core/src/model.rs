@@ -37,6 +37,7 @@ pub fn select_targets<M: LoraSites + ?Sized>(
     config: &LoraConfig,
 ) -> Result<Vec<(String, LayerKind)>> {
     config.validate()?;
+    config.check_factored()?;
     let mut sites = Vec::new();
     model.visit_lora_sites("", &mut |p, l| sites.push((p.to_string(), l.kind())));
     let mut selected = Vec::new();
@@ -44,6 +45,13 @@ pub fn select_targets<M: LoraSites + ?Sized>(
         if config.is_target(path, *kind == LayerKind::Linear)? {
             selected.push((path.clone(), *kind));
         }
+    }
+    if config.use_dora
+        && let Some((path, _)) = selected.iter().find(|(_, k)| *k == LayerKind::Embedding)
+    {
+        return Err(LoraError::Unsupported(format!(
+            "use_dora on the embedding `{path}`: DoRA is implemented for linear layers only"
+        )));
     }
     if selected.is_empty() {
         let targets = match &config.target_modules {
@@ -79,6 +87,53 @@ pub fn inject_adapter<M: Module + LoraSites>(
     inject_adapter_with(model, config, name, &|_, _| None)
 }
 
+/// Errors when the module visitor finds a `LoraLinear`/`LoraEmbedding` that the model's
+/// [`LoraSites`] does not list: `lora_sites!` is a hand-kept field list, and a forgotten field
+/// would otherwise be skipped by every target rule without a word.
+pub fn check_sites_listed<M: Module + LoraSites>(model: &M) -> Result<()> {
+    let mut listed = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    model.visit_lora_sites("", &mut |p, l| {
+        listed.push(p.to_string());
+        ids.insert(l.base_id());
+    });
+    struct V<'a> {
+        walk: PathWalk,
+        ids: &'a std::collections::HashSet<ParamId>,
+        unlisted: Option<String>,
+    }
+    impl ModuleVisitor for V<'_> {
+        fn enter_module(&mut self, name: &str, kind: &str) {
+            self.walk.enter(name, kind);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.walk.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let owner = self.walk.kinds.last().map_or("", |k| k.as_str());
+            let is_base = matches!(owner, "Struct:LoraLinear" | "Struct:LoraEmbedding")
+                && self.walk.path.last().is_some_and(|l| l == "weight");
+            if is_base && self.unlisted.is_none() && !self.ids.contains(&param.id) {
+                let module = &self.walk.path[..self.walk.path.len() - 1];
+                self.unlisted = Some(module.join("."));
+            }
+        }
+    }
+    let mut v = V {
+        walk: PathWalk::default(),
+        ids: &ids,
+        unlisted: None,
+    };
+    model.visit(&mut v);
+    match v.unlisted {
+        Some(module) => Err(LoraError::UnlistedSite {
+            module,
+            listed: listed.join(", "),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Output-slice chooser for [`inject_adapter_with`]: given a site path and its `(d_in, d_out)`,
 /// `Some(ranges)` puts a sliced adapter there (see [`LoraLayer::add_sliced_adapter`]).
 pub type SliceFn<'a> = dyn Fn(&str, (usize, usize)) -> Option<Vec<(usize, usize)>> + 'a;
@@ -91,6 +146,7 @@ pub fn inject_adapter_with<M: Module + LoraSites>(
     name: &str,
     slices: &SliceFn<'_>,
 ) -> Result<M> {
+    check_sites_listed(&model)?;
     let selected = select_targets(&model, config)?;
     let mut specs = Vec::with_capacity(selected.len());
     for (path, _) in &selected {
@@ -152,6 +208,15 @@ impl TrainPolicy {
             bias: config.bias,
             modules_to_save: config.clone(),
             lora_sites: adapted_paths(model, None).into_iter().collect(),
+        }
+    }
+
+    /// The policy of `config` when the adapted modules (Hugging Face paths) are known.
+    pub fn from_sites(config: &LoraConfig, adapted_modules: BTreeSet<String>) -> Self {
+        Self {
+            bias: config.bias,
+            modules_to_save: config.clone(),
+            lora_sites: adapted_modules,
         }
     }
 

@@ -43,19 +43,25 @@ impl ParamReport {
     /// Counts `model`'s parameters under `config`.
     pub fn new<M: Module + LoraSites>(model: &M, config: &LoraConfig) -> Self {
         let policy = TrainPolicy::new(model, config);
-        let mut modules: BTreeMap<String, ModuleParams> = BTreeMap::new();
-        for p in visit_params(model) {
+        Self::from_params(visit_params(model).into_iter().map(|p| {
             let n: usize = p.shape.iter().product();
-            let (module, trains, lora) = match &p.adapter_site {
-                Some(site) => (site.clone(), true, true),
+            match &p.adapter_site {
+                Some(site) => (site.clone(), n, true, true),
                 None => {
                     let module = p
                         .hf_path
                         .rsplit_once('.')
                         .map_or(String::new(), |(m, _)| m.to_string());
-                    (module, policy.trains(&p.hf_path), false)
+                    (module, n, policy.trains(&p.hf_path), false)
                 }
-            };
+            }
+        }))
+    }
+
+    /// Sums `(module, count, trains, is_lora)` rows per module.
+    pub(crate) fn from_params(params: impl Iterator<Item = (String, usize, bool, bool)>) -> Self {
+        let mut modules: BTreeMap<String, ModuleParams> = BTreeMap::new();
+        for (module, n, trains, lora) in params {
             let row = modules.entry(module.clone()).or_insert(ModuleParams {
                 module,
                 trainable: 0,

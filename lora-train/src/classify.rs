@@ -105,6 +105,16 @@ macro_rules! impl_classifier {
                 )?;
                 eval(logits, batch)
             }
+
+            /// The encoders' sites are [`LoraLinear`](lora_core::LoraLinear)s.
+            fn save_adapter(
+                &self,
+                lora: &lora_core::LoraConfig,
+                name: &str,
+                dir: &std::path::Path,
+            ) -> lora_core::Result<()> {
+                lora_core::save_adapter(self, lora, name, dir)
+            }
         }
     )*};
 }

@@ -1,6 +1,9 @@
 //! GPT-2 causal-LM fine-tuning: [`TrainModel`] for [`Gpt2LmHeadModel`] on [`TextBatch`]es with
 //! token targets (prompt/completion, E2E or plain text data).
 
+use std::path::Path;
+
+use lora_core::LoraConfig;
 use lora_models::gpt2::Gpt2LmHeadModel;
 use lora_models::loss::causal_lm_loss;
 
@@ -44,5 +47,10 @@ impl TrainModel for Gpt2LmHeadModel {
             count,
             predictions: Predictions::LanguageModel,
         })
+    }
+
+    /// GPT-2's sites are [`LoraLinear`](lora_core::LoraLinear)s: the factored path's writer.
+    fn save_adapter(&self, lora: &LoraConfig, name: &str, dir: &Path) -> lora_core::Result<()> {
+        lora_core::save_adapter(self, lora, name, dir)
     }
 }

@@ -1,32 +1,37 @@
 //! What the trainer needs from a model and from a dataset: the [`TrainModel`] and
 //! [`BatchSource`] traits and the outputs of a step.
 
+use std::path::Path;
+
 use burn::module::Module;
 use burn::prelude::*;
-use lora_core::LoraSites;
+use lora_core::LoraConfig;
+use lora_core::weight::PathMap;
 
 use crate::error::{Result, TrainError};
 
-/// A model the [`Trainer`](crate::Trainer) can fine-tune: a burn [`Module`] with LoRA sites
-/// (so its adapter can be saved in PEFT's format) that turns a batch into a loss.
+/// A model the [`Trainer`](crate::Trainer) can fine-tune: any burn [`Module`] that turns a
+/// batch into a loss.
 ///
-/// Implement it for your model; [`lm`](crate::lm) implements it for GPT-2's causal LM. A
-/// sequence classifier implements it in a few lines with [`class_loss`] and
-/// [`Predictions::from_logits`]:
+/// Implement it for your model, unchanged: adapters attached with
+/// [`lora_core::weight::inject_adapter`] are found and saved by the default
+/// [`save_adapter`](Self::save_adapter) (override [`peft_paths`](Self::peft_paths) when your field
+/// names differ from the PyTorch module names). Models written with
+/// [`LoraLinear`](lora_core::LoraLinear) (the factored fast path) override `save_adapter` with
+/// [`lora_core::save_adapter`]; [`lm`](crate::lm) does so for GPT-2's causal LM. A sequence
+/// classifier takes a few lines with [`class_loss`] and [`Predictions::from_logits`]:
 ///
 /// ```no_run
-/// use burn::nn::{Embedding, EmbeddingConfig};
+/// use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 /// use burn::prelude::*;
-/// use lora_core::{LoraLinear, LoraLinearConfig, lora_sites};
 /// use lora_train::{EvalOutput, LossOutput, Predictions, TextBatch, TrainModel, class_loss};
 ///
-/// /// Mean of the token embeddings, then a linear head.
+/// /// Mean of the token embeddings, then a linear head: plain burn-nn.
 /// #[derive(Module, Debug)]
 /// struct BagOfWords {
 ///     emb: Embedding,
-///     head: LoraLinear,
+///     head: Linear,
 /// }
-/// lora_sites!(BagOfWords { head });
 ///
 /// impl BagOfWords {
 ///     /// `[batch, seq]` ids → `[batch, classes]` logits.
@@ -52,9 +57,9 @@ use crate::error::{Result, TrainError};
 ///     }
 /// }
 /// # let device = Device::flex();
-/// # let _ = BagOfWords { emb: EmbeddingConfig::new(10, 4).init(&device), head: LoraLinearConfig::new(4, 2).init(&device) };
+/// # let _ = BagOfWords { emb: EmbeddingConfig::new(10, 4).init(&device), head: LinearConfig::new(4, 2).init(&device) };
 /// ```
-pub trait TrainModel: Module + LoraSites {
+pub trait TrainModel: Module {
     /// The batch type the model consumes (e.g. [`TextBatch`](crate::TextBatch)).
     type Batch;
 
@@ -68,6 +73,21 @@ pub trait TrainModel: Module + LoraSites {
     /// Evaluation forward pass, on the model's `valid()` copy (no autodiff, no dropout):
     /// the mean loss, its count, and what the metrics need.
     fn eval_step(&self, batch: &Self::Batch) -> Result<EvalOutput>;
+
+    /// The PyTorch paths of the model's parameters, for PEFT files (identity by default).
+    fn peft_paths(&self) -> PathMap {
+        PathMap::identity()
+    }
+
+    /// Writes adapter `name` to `dir` in PEFT's format (the trainer calls it for the final,
+    /// best and checkpointed adapters).
+    ///
+    /// The default writes the weight-level adapters of
+    /// [`lora_core::weight`] under [`peft_paths`](Self::peft_paths). A model built on
+    /// [`LoraSites`](lora_core::LoraSites) overrides it with [`lora_core::save_adapter`].
+    fn save_adapter(&self, lora: &LoraConfig, name: &str, dir: &Path) -> lora_core::Result<()> {
+        lora_core::weight::save_adapter(self, lora, name, dir, &self.peft_paths())
+    }
 }
 
 /// The loss of one training step.

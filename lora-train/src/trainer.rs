@@ -652,7 +652,9 @@ impl Trainer {
         progress.finish();
         let adapter_dir = out.join("adapter");
         write_dir_atomic(&adapter_dir, |d| {
-            lora_core::save_adapter(&model, lora, &c.adapter_name, d).map_err(Into::into)
+            model
+                .save_adapter(lora, &c.adapter_name, d)
+                .map_err(Into::into)
         })?;
         if c.plot
             && let Err(e) = plot_curves(
@@ -831,7 +833,9 @@ impl Trainer {
             run.state.best_step = Some(step);
             run.state.evals_without_improvement = 0;
             write_dir_atomic(&c.output_dir.join("best"), |d| {
-                lora_core::save_adapter(model, lora, &c.adapter_name, d).map_err(Into::into)
+                model
+                    .save_adapter(lora, &c.adapter_name, d)
+                    .map_err(Into::into)
             })?;
         } else {
             run.state.evals_without_improvement += 1;
@@ -865,7 +869,7 @@ impl Trainer {
         run.state.elapsed_secs = elapsed_before + wall.elapsed().as_secs_f64();
         let step = run.state.global_step;
         save_checkpoint(&c.output_dir, step, |dir| {
-            lora_core::save_adapter(model, lora, &c.adapter_name, dir)?;
+            model.save_adapter(lora, &c.adapter_name, dir)?;
             let values = trainable_values(model)?;
             let file = dir.join(TRAINABLE_FILE);
             let bytes = lora_core::io::serialize_safetensors(&values, &[("format", "pt")], &file)?;

@@ -21,6 +21,7 @@ fn spec(r: usize, alpha: f64, init: InitLoraWeights) -> AdapterSpec {
         scale: alpha / r as f64,
         dropout: 0.0,
         init,
+        dora: false,
     }
 }
 

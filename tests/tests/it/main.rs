@@ -9,3 +9,4 @@ mod core_targeting;
 mod encoder;
 mod gpt2;
 mod train;
+mod weight;

@@ -699,6 +699,15 @@ impl TrainModel for Tiny {
             predictions,
         })
     }
+
+    fn save_adapter(
+        &self,
+        lora: &LoraConfig,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> lora_core::Result<()> {
+        lora_core::save_adapter(self, lora, name, dir)
+    }
 }
 
 /// 3 classes: tokens 1, 2 or 3 at even positions of a length-6 sequence (equal lengths: the

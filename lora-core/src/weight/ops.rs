@@ -1,0 +1,512 @@
+//! Model-level operations on weight adapters: inject, switch, merge, delete, unload, report.
+//!
+//! Each one reads the model's adapter state ([`scan`]), computes the new state, checks
+//! everything, and only then rebuilds the model: an error leaves nothing half-done.
+
+use std::collections::{BTreeSet, HashMap};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use crate::config::{AdapterSpec, LoraConfig, TargetModules};
+use crate::error::{LoraError, Result};
+use crate::layer::{init_embedding_factors, init_linear_factors};
+use crate::model::{PathWalk, TrainPolicy};
+use crate::report::ParamReport;
+
+use super::paths::PathMap;
+use super::reparam::{AdapterFactors, AdapterMeta, Layout, WeightLora, dora_norm};
+use super::sites::{BaseParam, Edit, Scan, apply_trainability, rebuild, scan};
+
+/// One parameter `config` selects.
+pub(crate) struct Target {
+    pub param: BaseParam,
+    pub layout: Layout,
+    pub spec: AdapterSpec,
+}
+
+/// The parameters `config` selects on a scanned model, after PEFT's rules applied to PEFT
+/// paths. Errors when nothing matches (listing what could be targeted), and for DoRA where it
+/// is not implemented.
+pub(crate) fn select(scan: &Scan, config: &LoraConfig) -> Result<Vec<Target>> {
+    let parameters = config.target_parameter_list()?;
+    let mut out = Vec::new();
+    for p in &scan.params {
+        let by_module = match p.module_layout() {
+            Some(layout) => config
+                .is_target(p.peft_module(), layout == Layout::Linear)?
+                .then_some(layout),
+            None => None,
+        };
+        let by_param = parameters
+            .iter()
+            .any(|t| p.peft_path == *t || p.peft_path.ends_with(&format!(".{t}")));
+        let layout = match (by_module, by_param) {
+            (Some(layout), _) => layout,
+            (None, true) => param_layout(p)?,
+            (None, false) => continue,
+        };
+        if config.use_dora && layout != Layout::Linear {
+            return Err(LoraError::Unsupported(format!(
+                "use_dora on `{}` ({layout:?}): DoRA is implemented for Linear weights only",
+                p.peft_module()
+            )));
+        }
+        let spec = config.spec_for(p.peft_module())?;
+        out.push(Target {
+            param: p.clone(),
+            layout,
+            spec,
+        });
+    }
+    if out.is_empty() {
+        return Err(no_target(scan, config, &parameters));
+    }
+    shared_module_check(&out)?;
+    Ok(out)
+}
+
+/// Two adapted parameters of one module would share PEFT's keys (`<module>.lora_A.weight`);
+/// PEFT tells them apart by nesting wrappers in the order the module registers its parameters,
+/// which burn does not record, so such a selection is refused rather than guessed.
+fn shared_module_check(targets: &[Target]) -> Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    for t in targets {
+        if let Some(other) = seen.insert(t.param.peft_module().to_string(), &t.param.peft_path) {
+            return Err(LoraError::Unsupported(format!(
+                "two adapted parameters in one module (`{other}` and `{}`): their PEFT keys \
+                 would coincide",
+                t.param.peft_path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The layout of a raw parameter named by `target_parameters` (a Linear or Embedding weight
+/// keeps its own).
+fn param_layout(p: &BaseParam) -> Result<Layout> {
+    if let Some(layout) = p.module_layout() {
+        return Ok(layout);
+    }
+    match p.shape.len() {
+        2 => Ok(Layout::Param2),
+        3 => Ok(Layout::Experts),
+        n => Err(LoraError::Unsupported(format!(
+            "target_parameters `{}` is {n}-D; only 2-D and 3-D parameters can be adapted (as in PEFT)",
+            p.peft_path
+        ))),
+    }
+}
+
+fn no_target(scan: &Scan, config: &LoraConfig, parameters: &[String]) -> LoraError {
+    let mut targets = match &config.target_modules {
+        None => "(none given)".to_string(),
+        Some(TargetModules::List(l)) => format!("{l:?}"),
+        Some(TargetModules::Regex(r)) => format!("\"{r}\""),
+    };
+    if !parameters.is_empty() {
+        targets.push_str(&format!(" / target_parameters {parameters:?}"));
+    }
+    let modules: Vec<String> = scan
+        .params
+        .iter()
+        .filter(|p| p.module_layout().is_some())
+        .map(|p| p.peft_module().to_string())
+        .collect();
+    let raw: Vec<String> = scan
+        .params
+        .iter()
+        .filter(|p| p.module_layout().is_none() && matches!(p.shape.len(), 2 | 3))
+        .map(|p| p.peft_path.clone())
+        .collect();
+    LoraError::NoTargetMatched {
+        targets,
+        available: format!(
+            "Linear/Embedding modules [{}]; 2-D/3-D parameters [{}]",
+            modules.join(", "),
+            raw.join(", ")
+        ),
+    }
+}
+
+/// Attaches adapter `name` to every parameter `config` selects (PEFT's `get_peft_model` /
+/// `add_adapter`) on any burn module, then freezes everything except the adapters and what
+/// `bias` and `modules_to_save` select. The new adapter is active alongside those already
+/// there.
+///
+/// Targets are matched against the paths `map` gives (see [`PathMap`]). All checks run before
+/// the model is touched.
+pub fn inject_adapter<M: Module>(
+    model: M,
+    config: &LoraConfig,
+    name: &str,
+    map: &PathMap,
+) -> Result<M> {
+    config.validate()?;
+    if config.lora_dropout > 0.0 {
+        return Err(LoraError::Unsupported(format!(
+            "lora_dropout = {} on weight-level adapters: dropout acts on a layer's input, which a \
+             weight reparameterization never sees (PEFT refuses it on target_parameters too); \
+             use 0, or LoraLinear for models written for lora-burn",
+            config.lora_dropout
+        )));
+    }
+    let found = scan(&model, map);
+    let targets = select(&found, config)?;
+    for t in &targets {
+        if let Some(l) = found.sites.get(&t.param.burn_path)
+            && l.metas.iter().any(|m| m.name == name)
+        {
+            return Err(LoraError::DuplicateAdapter {
+                module: t.param.peft_module().to_string(),
+                adapter: name.to_string(),
+            });
+        }
+    }
+    let values = base_values(
+        &model,
+        &targets.iter().map(|t| t.param.burn_path.clone()).collect(),
+    );
+    let mut edits = keep_all(&found);
+    let mut adapted = BTreeSet::new();
+    for t in targets {
+        let value = values
+            .get(&t.param.burn_path)
+            .cloned()
+            .ok_or_else(|| LoraError::Device(format!("no value for {}", t.param.burn_path)))?;
+        let lora = edits
+            .entry(t.param.burn_path.clone())
+            .or_insert_with(|| Edit {
+                base: None,
+                lora: None,
+            })
+            .lora
+            .get_or_insert_with(|| WeightLora {
+                adapters: Vec::new(),
+                metas: Vec::new(),
+                layout: t.layout,
+                experts: if t.layout == Layout::Experts {
+                    t.param.shape[0]
+                } else {
+                    1
+                },
+                disabled: false,
+            });
+        let factors = init_factors(lora, &t, value, config.use_dora);
+        lora.adapters.push(factors);
+        lora.metas.push(AdapterMeta {
+            name: name.to_string(),
+            r: t.spec.r,
+            scale: t.spec.scale,
+            active: true,
+            merged: false,
+        });
+        adapted.insert(t.param.peft_module().to_string());
+    }
+    for (path, l) in &found.sites {
+        if let Some(p) = found.param(path)
+            && !l.adapters.is_empty()
+        {
+            adapted.insert(p.peft_module().to_string());
+        }
+    }
+    let model = rebuild(model, edits);
+    Ok(apply_trainability(model, config, map, adapted))
+}
+
+/// Fresh factors following PEFT's init for the layout (and DoRA's magnitude `‖W + ΔW‖`).
+fn init_factors(lora: &WeightLora, t: &Target, w: Tensor<3>, dora: bool) -> AdapterFactors {
+    let device = w.device();
+    let s = &t.param.shape;
+    let (a, b) = match t.layout {
+        Layout::Linear => init_linear_factors(s[0], s[1], &t.spec, &device),
+        Layout::Embedding => init_embedding_factors(s[0], s[1], &t.spec, &device),
+        Layout::Param2 => init_linear_factors(s[1], s[0], &t.spec, &device),
+        Layout::Experts => {
+            let spec = AdapterSpec {
+                r: t.spec.r * s[0],
+                ..t.spec
+            };
+            init_linear_factors(s[2], s[1], &spec, &device)
+        }
+    };
+    let mut factors = AdapterFactors {
+        // Stored in PEFT's orientation; `detach` makes the transposed views leaves again.
+        lora_a: Param::from_tensor(a.transpose().detach()),
+        lora_b: Param::from_tensor(b.transpose().detach()),
+        magnitude: None,
+        merge_norm: None,
+    };
+    if dora {
+        let meta = AdapterMeta {
+            name: String::new(),
+            r: t.spec.r,
+            scale: t.spec.scale,
+            active: true,
+            merged: false,
+        };
+        let delta = lora.delta_of(&factors, &meta).detach();
+        let d_out = s[1];
+        let norm: Tensor<1> = dora_norm(w, delta).reshape([d_out]);
+        factors.magnitude = Some(Param::from_tensor(norm.detach()));
+    }
+    factors
+}
+
+/// Every existing adapter set, unchanged.
+fn keep_all(found: &Scan) -> HashMap<String, Edit> {
+    found
+        .sites
+        .iter()
+        .map(|(path, l)| {
+            let edit = Edit {
+                base: None,
+                lora: Some(l.clone()),
+            };
+            (path.clone(), edit)
+        })
+        .collect()
+}
+
+/// The stored (base) values of the named parameters, as rank-3 tensors (`[1, a, b]` for 2-D).
+pub(crate) fn base_values<M: Module>(
+    model: &M,
+    paths: &BTreeSet<String>,
+) -> HashMap<String, Tensor<3>> {
+    struct V<'a> {
+        walk: PathWalk,
+        paths: &'a BTreeSet<String>,
+        out: HashMap<String, Tensor<3>>,
+    }
+    impl ModuleVisitor for V<'_> {
+        fn enter_module(&mut self, name: &str, kind: &str) {
+            self.walk.enter(name, kind);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.walk.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let path = self.walk.path.join(".");
+            if self.paths.contains(&path) && !self.out.contains_key(&path) {
+                // The visitor hands out the stored base (without reparameterization).
+                let v = param.val().detach();
+                let d = v.dims();
+                let v3: Tensor<3> = match D {
+                    2 => v.reshape([1, d[0], d[1]]),
+                    _ => v.reshape([d[0], d[1], d[2]]),
+                };
+                self.out.insert(path, v3);
+            }
+        }
+    }
+    let mut v = V {
+        walk: PathWalk::default(),
+        paths,
+        out: HashMap::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// Names of the weight adapters on the model, in first-seen order.
+pub fn adapter_names<M: Module>(model: &M) -> Vec<String> {
+    scan(model, &PathMap::identity()).adapter_names()
+}
+
+/// Changes the adapter state of every parameter with `f(base value, set)`, which may return a
+/// new base value; then rebuilds. Errors when `name` (if given) is on no parameter.
+fn edit_sets<M: Module>(
+    model: M,
+    name: Option<&str>,
+    mut f: impl FnMut(&mut Tensor<3>, &mut WeightLora) -> Result<bool>,
+) -> Result<M> {
+    let found = scan(&model, &PathMap::identity());
+    if let Some(n) = name
+        && !found.adapter_names().iter().any(|a| a == n)
+    {
+        return Err(LoraError::UnknownAdapter {
+            module: "(any)".into(),
+            adapter: n.to_string(),
+        });
+    }
+    let values = base_values(&model, &found.sites.keys().cloned().collect());
+    let mut edits = HashMap::new();
+    for (path, lora) in &found.sites {
+        let mut lora = lora.clone();
+        let Some(mut w) = values.get(path).cloned() else {
+            continue;
+        };
+        let changed = f(&mut w, &mut lora)?;
+        let base = changed.then_some(w);
+        edits.insert(
+            path.clone(),
+            Edit {
+                base,
+                lora: Some(lora),
+            },
+        );
+    }
+    Ok(rebuild(model, edits))
+}
+
+/// Folds adapter `name` into the base weights wherever it is (no-op where already merged).
+/// DoRA adapters become `(m/‖W+ΔW‖)⊙(W+ΔW)`, and the norm is kept to undo it.
+pub fn merge_adapter<M: Module>(model: M, name: &str) -> Result<M> {
+    edit_sets(model, Some(name), |w, lora| {
+        let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
+            return Ok(false);
+        };
+        Ok(merge_one(w, lora, i))
+    })
+}
+
+/// Takes merged adapter `name` back out of the base weights (no-op where not merged).
+pub fn unmerge_adapter<M: Module>(model: M, name: &str) -> Result<M> {
+    edit_sets(model, Some(name), |w, lora| {
+        let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
+            return Ok(false);
+        };
+        Ok(unmerge_one(w, lora, i))
+    })
+}
+
+fn merge_one(w: &mut Tensor<3>, lora: &mut WeightLora, i: usize) -> bool {
+    if lora.metas[i].merged {
+        return false;
+    }
+    let delta = lora.delta_of(&lora.adapters[i], &lora.metas[i]).detach();
+    let f = &mut lora.adapters[i];
+    *w = match &f.magnitude {
+        None => w.clone() + delta,
+        Some(m) => {
+            let norm = dora_norm(w.clone(), delta.clone());
+            let d_out = norm.dims()[2];
+            let factor = m.val().detach().reshape([1, 1, d_out]) / norm.clone();
+            let cache = norm.clone().reshape([d_out]).detach();
+            f.merge_norm = Some(Param::initialized(burn::module::ParamId::new(), cache));
+            (w.clone() + delta) * factor
+        }
+    };
+    lora.metas[i].merged = true;
+    true
+}
+
+fn unmerge_one(w: &mut Tensor<3>, lora: &mut WeightLora, i: usize) -> bool {
+    if !lora.metas[i].merged {
+        return false;
+    }
+    let delta = lora.delta_of(&lora.adapters[i], &lora.metas[i]).detach();
+    let f = &mut lora.adapters[i];
+    *w = match (&f.magnitude, f.merge_norm.take()) {
+        (Some(m), Some(norm)) => {
+            let d_out = norm.dims()[0];
+            let norm = norm.val().reshape([1, 1, d_out]).to_device(&w.device());
+            w.clone() * norm / m.val().detach().reshape([1, 1, d_out]) - delta
+        }
+        _ => w.clone() - delta,
+    };
+    lora.metas[i].merged = false;
+    true
+}
+
+/// Makes exactly `names` active on every parameter (each keeps those it has); merged adapters
+/// that become inactive are unmerged first. Errors if a name is on no parameter.
+pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M> {
+    let have = adapter_names(&model);
+    if let Some(n) = names.iter().find(|n| !have.iter().any(|h| h == *n)) {
+        return Err(LoraError::UnknownAdapter {
+            module: "(any)".into(),
+            adapter: n.to_string(),
+        });
+    }
+    edit_sets(model, None, |w, lora| {
+        let mut changed = false;
+        for i in 0..lora.metas.len() {
+            let active = names.contains(&lora.metas[i].name.as_str());
+            if !active {
+                changed |= unmerge_one(w, lora, i);
+            }
+            lora.metas[i].active = active;
+        }
+        Ok(changed)
+    })
+}
+
+/// Turns every adapter off (the base model's output; merged ones are unmerged first) or back on.
+pub fn set_adapters_disabled<M: Module>(model: M, disabled: bool) -> Result<M> {
+    edit_sets(model, None, |w, lora| {
+        let mut changed = false;
+        if disabled {
+            for i in 0..lora.metas.len() {
+                changed |= unmerge_one(w, lora, i);
+            }
+        }
+        lora.disabled = disabled;
+        Ok(changed)
+    })
+}
+
+/// Removes adapter `name` from every parameter (unmerging it first where merged); a parameter
+/// left without adapters becomes plain.
+pub fn delete_adapter<M: Module>(model: M, name: &str) -> Result<M> {
+    edit_sets(model, Some(name), |w, lora| {
+        let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
+            return Ok(false);
+        };
+        let changed = unmerge_one(w, lora, i);
+        lora.adapters.remove(i);
+        lora.metas.remove(i);
+        Ok(changed)
+    })
+}
+
+/// Folds every active adapter into the base weights and removes all adapters: an ordinary
+/// module again (no reparameterization, inference at base cost, saveable as a plain burn
+/// record). PEFT's `merge_and_unload`.
+pub fn merge_and_unload<M: Module>(model: M) -> M {
+    // `materialize` stores each parameter's effective value: base plus the live adapters
+    // (merged ones are already in the base).
+    model.materialize()
+}
+
+/// Removes all adapters without merging (merged ones are unmerged first): the base module back.
+/// PEFT's `unload`.
+pub fn unload<M: Module>(model: M) -> Result<M> {
+    let model = set_adapters_disabled(model, true)?;
+    Ok(rebuild(model, HashMap::new()))
+}
+
+/// PEFT's trainable-parameter report for a model adapted with [`inject_adapter`], under
+/// `config` and `map` (adapters count as trainable, like PEFT; base parameters as `config`
+/// says).
+pub fn report<M: Module>(model: &M, config: &LoraConfig, map: &PathMap) -> ParamReport {
+    let found = scan(model, map);
+    let mut adapted = BTreeSet::new();
+    let mut rows = Vec::new();
+    for (path, lora) in &found.sites {
+        let module = found
+            .param(path)
+            .map_or(path.clone(), |p| p.peft_module().to_string());
+        adapted.insert(module.clone());
+        for f in &lora.adapters {
+            let n = f.lora_a.lazy_shape().num_elements()
+                + f.lora_b.lazy_shape().num_elements()
+                + f.magnitude
+                    .as_ref()
+                    .map_or(0, |m| m.lazy_shape().num_elements());
+            rows.push((module.clone(), n, true, true));
+        }
+    }
+    let policy = TrainPolicy::from_sites(config, adapted);
+    for p in &found.params {
+        let n = p.shape.iter().product();
+        rows.push((
+            p.peft_module().to_string(),
+            n,
+            policy.trains(&p.peft_path),
+            false,
+        ));
+    }
+    ParamReport::from_params(rows.into_iter())
+}
