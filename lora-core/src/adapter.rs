@@ -183,66 +183,116 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
     source: &Path,
 ) -> Result<M> {
     let mut model = inject_adapter(model.clone(), config, name)?;
-    let missing = |key: &str| LoraError::MissingTensor {
-        key: key.to_string(),
-        file: source.to_path_buf(),
+    let sites = take_site_values(&model, config, name, &mut file, source)?;
+    let full = take_base_values(&model, config, file, source)?;
+    // All checks passed: apply.
+    for site in sites {
+        let key = format!("{KEY_PREFIX}{}", site.path);
+        let mut result = Ok(());
+        let mut site = Some(site);
+        model.visit_lora_sites_mut("", &mut |p, l| {
+            if let Some(s) = site.take_if(|s| s.path == p) {
+                result = l.set_factors(name, s.factors, &key);
+                if let (Ok(()), Some((m, key))) = (&result, s.magnitude) {
+                    result = l.set_magnitude(name, m, &key);
+                }
+            }
+            Ok(())
+        })?;
+        result?;
+    }
+    if !full.is_empty() {
+        let mut mapper = SetValues {
+            walk: PathWalk::default(),
+            values: &full,
+        };
+        model = model.map(&mut mapper);
+    }
+    Ok(model)
+}
+
+/// One site's values from an adapter file, checked and ready to set.
+struct SiteValues {
+    path: String,
+    factors: Factors,
+    /// The DoRA magnitude and its key.
+    magnitude: Option<(Tensor<1>, String)>,
+}
+
+/// Moves every adapted site's factors (and DoRA magnitudes) out of `file`, checking keys and
+/// shapes.
+fn take_site_values<M: Module + LoraSites>(
+    model: &M,
+    config: &LoraConfig,
+    name: &str,
+    file: &mut HashMap<String, HostTensor>,
+    source: &Path,
+) -> Result<Vec<SiteValues>> {
+    let mut take = |key: String, shape: &[usize]| {
+        let t = file.remove(&key).ok_or_else(|| LoraError::MissingTensor {
+            key: key.clone(),
+            file: source.to_path_buf(),
+        })?;
+        expect_shape(&key, &t, shape)?;
+        Ok::<_, LoraError>((t, key))
     };
-    // Adapter factors, site by site.
-    let mut factors: Vec<(String, Factors, Option<(Tensor<1>, String)>)> = Vec::new();
     let mut sites = Vec::new();
     model.visit_lora_sites("", &mut |p, l| {
         if l.adapter_names().iter().any(|n| n == name) {
             sites.push((p.to_string(), l.kind(), l.dims()));
         }
     });
-    let device = device_of(&model)?;
+    let device = device_of(model)?;
+    let mut out = Vec::with_capacity(sites.len());
     for (path, kind, (d_in, d_out)) in sites {
         let spec = config.spec_for(&path)?;
         let (ka, kb) = match kind {
             LayerKind::Linear => ("lora_A.weight", "lora_B.weight"),
             LayerKind::Embedding => ("lora_embedding_A", "lora_embedding_B"),
         };
-        let key_a = format!("{KEY_PREFIX}{path}.{ka}");
-        let key_b = format!("{KEY_PREFIX}{path}.{kb}");
-        let a = file.remove(&key_a).ok_or_else(|| missing(&key_a))?;
-        let b = file.remove(&key_b).ok_or_else(|| missing(&key_b))?;
-        expect_shape(&key_a, &a, &[spec.r, d_in])?;
-        expect_shape(&key_b, &b, &[d_out, spec.r])?;
-        let magnitude = if spec.dora {
-            let key = format!("{KEY_PREFIX}{path}.{MAGNITUDE}");
-            let m = file.remove(&key).ok_or_else(|| missing(&key))?;
-            expect_shape(&key, &m, &[d_out])?;
-            Some((m.to_tensor::<1>(&device, &key)?, key))
-        } else {
-            None
+        let (a, key_a) = take(format!("{KEY_PREFIX}{path}.{ka}"), &[spec.r, d_in])?;
+        let (b, key_b) = take(format!("{KEY_PREFIX}{path}.{kb}"), &[d_out, spec.r])?;
+        let magnitude = match spec.dora {
+            true => {
+                let (m, key) = take(format!("{KEY_PREFIX}{path}.{MAGNITUDE}"), &[d_out])?;
+                Some((m.to_tensor::<1>(&device, &key)?, key))
+            }
+            false => None,
         };
-        factors.push((
+        let factors = Factors {
+            a: a.transposed().to_tensor(&device, &key_a)?,
+            b: b.transposed().to_tensor(&device, &key_b)?,
+            scale: spec.scale,
+        };
+        out.push(SiteValues {
             path,
-            Factors {
-                a: a.transposed().to_tensor(&device, &key_a)?,
-                b: b.transposed().to_tensor(&device, &key_b)?,
-                scale: spec.scale,
-            },
+            factors,
             magnitude,
-        ));
+        });
     }
-    // Everything else must be a parameter of the model (modules_to_save, biases).
-    let infos = visit_params(&model);
+    Ok(out)
+}
+
+/// The remaining tensors of `file` must be parameters of the model (`modules_to_save`,
+/// biases): their values by burn path, in burn's layout.
+fn take_base_values<M: Module + LoraSites>(
+    model: &M,
+    config: &LoraConfig,
+    mut file: HashMap<String, HostTensor>,
+    source: &Path,
+) -> Result<HashMap<String, HostTensor>> {
+    let infos = visit_params(model);
     let mut full: HashMap<String, HostTensor> = HashMap::new();
     let mut keys: Vec<String> = file.keys().cloned().collect();
     keys.sort();
     for key in keys {
-        let Some(hf) = key.strip_prefix(KEY_PREFIX) else {
-            return Err(LoraError::UnexpectedTensor {
-                key,
-                file: source.to_path_buf(),
-                reason: format!("keys must start with `{KEY_PREFIX}`"),
-            });
-        };
         let unexpected = |reason: &str| LoraError::UnexpectedTensor {
             key: key.clone(),
             file: source.to_path_buf(),
             reason: reason.to_string(),
+        };
+        let Some(hf) = key.strip_prefix(KEY_PREFIX) else {
+            return Err(unexpected(&format!("keys must start with `{KEY_PREFIX}`")));
         };
         let hf = hf.replace(".base_layer.", ".");
         if hf.contains("lora_") {
@@ -265,33 +315,7 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
         expect_shape(&key, &value, &info.shape)?;
         full.insert(info.burn_path.clone(), value);
     }
-    // All checks passed: apply.
-    for (path, f, magnitude) in factors {
-        let key = format!("{KEY_PREFIX}{path}");
-        let mut result = Ok(());
-        let mut f = Some(f);
-        let mut magnitude = magnitude;
-        model.visit_lora_sites_mut("", &mut |p, l| {
-            if p == path
-                && let Some(f) = f.take()
-            {
-                result = l.set_factors(name, f, &key);
-                if let (Ok(()), Some((m, key))) = (&result, magnitude.take()) {
-                    result = l.set_magnitude(name, m, &key);
-                }
-            }
-            Ok(())
-        })?;
-        result?;
-    }
-    if !full.is_empty() {
-        let mut mapper = SetValues {
-            walk: PathWalk::default(),
-            values: &full,
-        };
-        model = model.map(&mut mapper);
-    }
-    Ok(model)
+    Ok(full)
 }
 
 pub(crate) fn expect_shape(key: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {

@@ -593,7 +593,7 @@ fn plain_tail(o: Tensor<3>, mix: &Param<Tensor<2>>, experts: &Experts) -> Tensor
     let y = o.reshape([b * s, 6]).matmul(mix.val().transpose());
     let experts = experts.weight.val();
     let z = (0..2).fold(Tensor::<2>::zeros([b * s, 3], &y.device()), |z, k| {
-        let w: Tensor<2> = experts.clone().slice([k..k + 1]).reshape([5, 3]);
+        let w: Tensor<2> = experts.clone().narrow(0, k, 1).reshape([5, 3]);
         z + y.clone().matmul(w)
     });
     z.reshape([b, s, 3])
