@@ -211,6 +211,40 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
     Ok(model)
 }
 
+/// The error for a file tensor that fits nothing in the model.
+pub(crate) fn unexpected_tensor(key: &str, source: &Path, reason: &str) -> LoraError {
+    LoraError::UnexpectedTensor {
+        key: key.to_string(),
+        file: source.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The parameter path a non-factor key of an adapter file names (PEFT's prefix and
+/// `base_layer` segment removed). LoRA tensors left at this point belong to no selected
+/// module: an error, with `hint` appended to the reason.
+pub(crate) fn base_param_name(key: &str, source: &Path, hint: &str) -> Result<String> {
+    let Some(path) = key.strip_prefix(KEY_PREFIX) else {
+        return Err(unexpected_tensor(
+            key,
+            source,
+            &format!("keys must start with `{KEY_PREFIX}`"),
+        ));
+    };
+    let path = path.replace(".base_layer.", ".");
+    if path.contains("lora_") {
+        return Err(unexpected_tensor(
+            key,
+            source,
+            &format!(
+                "LoRA factors for a module the config does not target (or an unsupported LoRA \
+                 variant){hint}"
+            ),
+        ));
+    }
+    Ok(path)
+}
+
 /// One site's values from an adapter file, checked and ready to set.
 struct SiteValues {
     path: String,
@@ -286,20 +320,8 @@ fn take_base_values<M: Module + LoraSites>(
     let mut keys: Vec<String> = file.keys().cloned().collect();
     keys.sort();
     for key in keys {
-        let unexpected = |reason: &str| LoraError::UnexpectedTensor {
-            key: key.clone(),
-            file: source.to_path_buf(),
-            reason: reason.to_string(),
-        };
-        let Some(hf) = key.strip_prefix(KEY_PREFIX) else {
-            return Err(unexpected(&format!("keys must start with `{KEY_PREFIX}`")));
-        };
-        let hf = hf.replace(".base_layer.", ".");
-        if hf.contains("lora_") {
-            return Err(unexpected(
-                "LoRA factors for a module the config does not target (or an unsupported LoRA variant)",
-            ));
-        }
+        let unexpected = |reason: &str| unexpected_tensor(&key, source, reason);
+        let hf = base_param_name(&key, source, "")?;
         let info = infos
             .iter()
             .find(|p| p.adapter_site.is_none() && p.hf_path == hf)

@@ -7,8 +7,8 @@ use std::path::Path;
 use burn::module::Module;
 
 use crate::adapter::{
-    ADAPTER_FILE, KEY_PREFIX, MAGNITUDE, SetValues, expect_shape, pin_spec, read_adapter_dir,
-    read_values,
+    ADAPTER_FILE, KEY_PREFIX, MAGNITUDE, SetValues, base_param_name, expect_shape, pin_spec,
+    read_adapter_dir, read_values, unexpected_tensor,
 };
 use crate::config::{CONFIG_FILE, LoraConfig};
 use crate::error::{LoraError, Result};
@@ -232,24 +232,11 @@ fn take_base_params(
 ) -> Result<()> {
     let mut keys: Vec<String> = file.keys().cloned().collect();
     keys.sort();
+    let selected: Vec<&str> = targets.iter().map(|t| t.param.peft_module()).collect();
+    let hint = format!("; check the PathMap. Selected: [{}]", selected.join(", "));
     for key in keys {
-        let unexpected = |reason: &str| LoraError::UnexpectedTensor {
-            key: key.clone(),
-            file: source.to_path_buf(),
-            reason: reason.to_string(),
-        };
-        let Some(peft) = key.strip_prefix(KEY_PREFIX) else {
-            return Err(unexpected(&format!("keys must start with `{KEY_PREFIX}`")));
-        };
-        let peft = peft.replace(".base_layer.", ".");
-        if peft.contains("lora_") {
-            let targeted: Vec<&str> = targets.iter().map(|t| t.param.peft_module()).collect();
-            return Err(unexpected(&format!(
-                "LoRA tensor for a module the config does not select on this model (or an \
-                 unsupported variant); check the PathMap. Selected: [{}]",
-                targeted.join(", ")
-            )));
-        }
+        let unexpected = |reason: &str| unexpected_tensor(&key, source, reason);
+        let peft = base_param_name(&key, source, &hint)?;
         let p = found
             .params
             .iter()

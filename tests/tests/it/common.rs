@@ -7,6 +7,7 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use lora_core::io::HostTensor;
 use lora_core::{LoraEmbedding, LoraEmbeddingConfig, LoraLinear, LoraLinearConfig, lora_sites};
+use lora_train::{ItemTarget, TargetKind, TextDataset, TextItem};
 
 /// `fixtures/<rel>` at the workspace root.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -136,4 +137,30 @@ impl Tiny {
 pub fn ids(t: &HostTensor, device: &Device) -> Tensor<2, Int> {
     let data: Vec<i64> = t.data.iter().map(|v| *v as i64).collect();
     Tensor::from_data(TensorData::new(data, t.shape.clone()), device)
+}
+
+/// 3 classes: tokens 1, 2 or 3 at even positions of a length-6 sequence (equal lengths: the
+/// tiny classifier mean-pools without a mask, so padding would change its output).
+pub fn toy_classes(n: usize, seed: u64) -> TextDataset {
+    let mut g = lora_train::sampler::SplitMix64::new(seed);
+    let items = (0..n)
+        .map(|i| {
+            let class = i % 3;
+            let ids: Vec<u32> = (0..6)
+                .map(|j| {
+                    if j % 2 == 0 {
+                        class as u32 + 1
+                    } else {
+                        4 + g.below(16) as u32
+                    }
+                })
+                .collect();
+            TextItem {
+                token_type_ids: vec![0; ids.len()],
+                input_ids: ids,
+                target: ItemTarget::Class(class),
+            }
+        })
+        .collect();
+    TextDataset::from_items(items, 0, TargetKind::Classes { num_classes: 3 }).unwrap()
 }

@@ -23,11 +23,11 @@ use lora_train::optim::{GradAccumulator, trainable_params, trainable_values};
 use lora_train::{
     AdamW, BatchSource, Columns, DataConfig, EvalOutput, ItemTarget, LossOutput, OptimizerConfig,
     Predictions, ProgressMode, Resume, ScheduleConfig, ScheduleKind, StopReason, TargetKind, Task,
-    TextBatch, TextDataset, TextItem, TrainError, TrainModel, Trainer, TrainerConfig, TrainerState,
-    Warmup, class_loss, load_text_datasets, metrics,
+    TextBatch, TextDataset, TrainError, TrainModel, Trainer, TrainerConfig, TrainerState, Warmup,
+    class_loss, load_text_datasets, metrics,
 };
 
-use crate::common::{Tiny, devices, fixture, host};
+use crate::common::{Tiny, devices, fixture, host, toy_classes};
 
 // ---------------------------------------------------------------- helpers
 
@@ -708,32 +708,6 @@ impl TrainModel for Tiny {
     ) -> lora_core::Result<()> {
         lora_core::save_adapter(self, lora, name, dir)
     }
-}
-
-/// 3 classes: tokens 1, 2 or 3 at even positions of a length-6 sequence (equal lengths: the
-/// tiny classifier mean-pools without a mask, so padding would change its output).
-fn toy_classes(n: usize, seed: u64) -> TextDataset {
-    let mut g = lora_train::sampler::SplitMix64::new(seed);
-    let items = (0..n)
-        .map(|i| {
-            let class = i % 3;
-            let ids: Vec<u32> = (0..6)
-                .map(|j| {
-                    if j % 2 == 0 {
-                        class as u32 + 1
-                    } else {
-                        4 + g.below(16) as u32
-                    }
-                })
-                .collect();
-            TextItem {
-                token_type_ids: vec![0; ids.len()],
-                input_ids: ids,
-                target: ItemTarget::Class(class),
-            }
-        })
-        .collect();
-    TextDataset::from_items(items, 0, TargetKind::Classes { num_classes: 3 }).unwrap()
 }
 
 #[test]
