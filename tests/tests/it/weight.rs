@@ -1016,3 +1016,29 @@ fn plain_model_resume_is_exact() {
         "{state_params:?}"
     );
 }
+
+/// `lora_sites!` is a hand-kept list: a `LoraLinear` it forgets is an error naming the layer,
+/// never silently left without an adapter (e.g. under `all-linear`).
+#[test]
+fn a_lora_layer_missing_from_lora_sites_is_an_error() {
+    #[derive(Module, Debug)]
+    struct Forgetful {
+        fc1: LoraLinear,
+        fc2: LoraLinear,
+    }
+    lora_sites!(Forgetful { fc1 });
+    let device = Device::flex();
+    let plain = PlainMlp::new(&device);
+    let model = Forgetful {
+        fc1: LoraLinear::from_linear(plain.fc1),
+        fc2: LoraLinear::from_linear(plain.fc2),
+    };
+    let mut all = LoraConfig::new(4, 8.0, &[]);
+    all.target_modules = Some(lora_core::TargetModules::Regex("all-linear".into()));
+    match inject_adapter(model, &all, "default") {
+        Err(LoraError::UnlistedSite { module, listed }) => {
+            assert_eq!((module.as_str(), listed.as_str()), ("fc2", "fc1"));
+        }
+        other => panic!("expected UnlistedSite, got {:?}", other.map(|_| ())),
+    }
+}
