@@ -19,6 +19,14 @@
 //! dropout to the adapter's input: `lora_dropout > 0` is refused (PEFT refuses it for
 //! `target_parameters` for the same reason). Both give the same numbers for the same adapter.
 //!
+//! Limits, each an error rather than a guess: DoRA only on `Linear` weights (PEFT also has it
+//! for embeddings, and refuses it for `target_parameters`); two adapted parameters in one module
+//! (PEFT keys them by the order the module registers its parameters, which burn does not
+//! record). burn keeps one reparameterization per parameter and has no public way to detach
+//! one, so every operation here rebuilds the adapted parameters: it strips them with
+//! `Module::materialize` while [`WeightLora`] passes its base through, which would also merge
+//! any *other* reparameterization (burn's own `apply_lora`) present on the model.
+//!
 //! ```
 //! use burn::nn::{Linear, LinearConfig, Relu};
 //! use burn::prelude::*;

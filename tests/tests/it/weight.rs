@@ -25,6 +25,15 @@ use lora_train::{
 
 use crate::common::{assert_close, devices, host, toy_classes};
 
+/// `|a − b| ≤ tol · max(1, max|b|)`: gradients are compared relative to their scale, since
+/// the two paths sum in different orders (a weight-sized gradient reduced to the factors vs
+/// rank-r products) and wgpu's autotuned kernels change the order again.
+#[track_caller]
+fn assert_close_scaled(what: &str, a: &HostTensor, b: &HostTensor, tol: f32) {
+    let scale = b.data.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    assert_close(what, a, b, tol * scale);
+}
+
 // ---------------------------------------------------------------- models
 
 /// A custom MLP written with burn-nn only: `[batch, seq]` ids → `[batch, seq, 4]`.
@@ -155,13 +164,13 @@ fn plain_model_and_factored_twin_agree() {
             let gb = f.lora_b.val().grad(&g_plain).unwrap();
             let ta = lt.lora_a.val().grad(&g_twin).unwrap();
             let tb = lt.lora_b[0].val().grad(&g_twin).unwrap();
-            assert_close(
+            assert_close_scaled(
                 &format!("{dev_name} {site} dA"),
                 &host(ga.transpose()),
                 &host(ta),
                 1e-5,
             );
-            assert_close(
+            assert_close_scaled(
                 &format!("{dev_name} {site} dB"),
                 &host(gb.transpose()),
                 &host(tb),
@@ -170,7 +179,7 @@ fn plain_model_and_factored_twin_agree() {
         }
         let f = &lora_of(&plain.emb.weight).adapters[0];
         let te = &twin.emb.adapters[0];
-        assert_close(
+        assert_close_scaled(
             &format!("{dev_name} emb dA"),
             &host(f.lora_a.val().grad(&g_plain).unwrap().transpose()),
             &host(te.lora_embedding_a.val().grad(&g_twin).unwrap()),
