@@ -69,10 +69,7 @@ pub fn adapter_state<M: Module>(
         }
     }
     if out.is_empty() {
-        return Err(LoraError::UnknownAdapter {
-            module: "(any)".into(),
-            adapter: name.to_string(),
-        });
+        return Err(no_weight_adapter(&found, name));
     }
     out.extend(saved_base_params(model, &found, &config)?);
     let mut out: Vec<(String, HostTensor)> = out
@@ -81,6 +78,27 @@ pub fn adapter_state<M: Module>(
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, config))
+}
+
+/// The error when no parameter carries weight adapter `name`; it points a model built on
+/// `LoraLinear`/`LoraEmbedding` at the factored path's writer.
+fn no_weight_adapter(found: &Scan, name: &str) -> LoraError {
+    let factored = found.params.iter().any(|p| {
+        matches!(
+            p.owner.as_str(),
+            "Struct:LinearAdapter" | "Struct:EmbeddingAdapter"
+        )
+    });
+    if factored {
+        return LoraError::Unsupported(format!(
+            "adapter `{name}` of this model lives in LoraLinear/LoraEmbedding layers: write it \
+             with lora_core::save_adapter (a TrainModel overrides save_adapter with it)"
+        ));
+    }
+    LoraError::UnknownAdapter {
+        module: "(any)".into(),
+        adapter: name.to_string(),
+    }
 }
 
 /// The PEFT module path of the parameter at burn path `path`.

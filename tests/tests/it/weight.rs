@@ -363,6 +363,18 @@ fn bad_input_is_a_typed_error() {
         weight::inject_adapter(base.clone(), &dora, "x", &id),
         Err(LoraError::Unsupported(m)) if m.contains("use_dora")
     ));
+    // A model whose adapters are LoraLinear layers is pointed at the factored writer.
+    let twin = inject_adapter(
+        TwinMlp::of(&base),
+        &LoraConfig::new(4, 8.0, &["fc1"]),
+        "default",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        weight::save_adapter(&twin, &LoraConfig::new(4, 8.0, &["fc1"]), "default", dir.path(), &id),
+        Err(LoraError::Unsupported(m)) if m.contains("lora_core::save_adapter")
+    ));
     // A 1-D parameter cannot be a target parameter.
     let mut params = LoraConfig::new(4, 8.0, &[]);
     params.target_modules = None;
