@@ -49,21 +49,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             path: index.clone(),
             reason: e.to_string(),
         })?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| ModelError::Config {
-                path: index.clone(),
-                reason: "no `weight_map` object".into(),
-            })?;
-        let mut files: Vec<PathBuf> = map
-            .values()
-            .filter_map(|f| f.as_str())
-            .map(|f| dir.join(f))
-            .collect();
-        files.sort();
-        files.dedup();
-        return Ok(files);
+        return shard_files(dir, &index, &v);
     }
     let bin = dir.join("pytorch_model.bin");
     if bin.exists() {
@@ -74,6 +60,40 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         dir: dir.to_path_buf(),
         looked_for: "model.safetensors, model.safetensors.index.json, pytorch_model.bin".into(),
     })
+}
+
+/// The shard files a `model.safetensors.index.json` names: a non-empty `weight_map` whose
+/// values are plain file names inside `dir` (never a path that leaves it).
+fn shard_files(dir: &Path, index: &Path, v: &serde_json::Value) -> Result<Vec<PathBuf>> {
+    let bad = |reason: String| ModelError::Config {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    if map.is_empty() {
+        return Err(bad("`weight_map` is empty: it names no shard".into()));
+    }
+    let mut files = Vec::with_capacity(map.len());
+    for (tensor, file) in map {
+        let name = file
+            .as_str()
+            .ok_or_else(|| bad(format!("`weight_map.{tensor}` is not a file name: {file}")))?;
+        let plain = Path::new(name)
+            .file_name()
+            .is_some_and(|f| f == std::ffi::OsStr::new(name));
+        if !plain {
+            return Err(bad(format!(
+                "`weight_map.{tensor}` = {name:?} is not a file name inside the model directory"
+            )));
+        }
+        files.push(dir.join(name));
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
 }
 
 /// Every tensor of the model directory's weights, as f32, keyed as in the file.

@@ -477,3 +477,43 @@ fn merged_checkpoint_reloads_with_equal_logits() {
     crate::common::assert_close("merged reload", &host(got.clone()), &host(want), 1e-6);
     check_logits("merged export vs PEFT", got, &r, "peft", &r["right.mask"]);
 }
+
+/// A sharded checkpoint's index is checked: an empty or malformed `weight_map`, or a shard
+/// name that leaves the model directory, is an error naming the index (it used to index an
+/// empty list).
+#[test]
+fn sharded_checkpoint_index_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("model.safetensors.index.json");
+    for (text, why) in [
+        (r#"{"weight_map": {}}"#, "empty"),
+        (r#"{"weight_map": {"wte.weight": 3}}"#, "not a file name"),
+        (
+            r#"{"weight_map": {"wte.weight": "../model.safetensors"}}"#,
+            "inside the model directory",
+        ),
+        (r#"{"metadata": {}}"#, "no `weight_map`"),
+    ] {
+        std::fs::write(&index, text).unwrap();
+        match lora_models::hf::weight_files(dir.path()) {
+            Err(lora_models::ModelError::Config { path, reason }) => {
+                assert_eq!(path, index);
+                assert!(reason.contains(why), "{text}: {reason}");
+            }
+            other => panic!("{text}: expected a Config error, got {other:?}"),
+        }
+    }
+    std::fs::write(
+        &index,
+        r#"{"weight_map": {"a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors", "c": "model-00001-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    let files = lora_models::hf::weight_files(dir.path()).unwrap();
+    assert_eq!(
+        files,
+        [
+            dir.path().join("model-00001-of-00002.safetensors"),
+            dir.path().join("model-00002-of-00002.safetensors")
+        ]
+    );
+}
