@@ -218,6 +218,8 @@ struct Stepper<'a> {
     device: Device,
     mask: Vec<Vec<i64>>,
     cache: Option<KvCache>,
+    /// Forward passes so far: the 1-based index of the token the last logits choose.
+    steps: usize,
 }
 
 impl Stepper<'_> {
@@ -253,6 +255,19 @@ impl Stepper<'_> {
             .convert::<f32>()
             .try_to_vec::<f32>()
             .map_err(|e| ModelError::InvalidInput(format!("logits: {e:?}")))?;
+        self.steps += 1;
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            // NaN/Inf would make every candidate unrankable (beam search) or fall back to an
+            // arbitrary token (sampling): the output would be garbage, silently.
+            return Err(ModelError::InvalidInput(format!(
+                "non-finite logit {} at generation step {} (row {}, token {}): the model or \
+                 its adapter produced NaN/Inf",
+                data[i],
+                self.steps,
+                i / v,
+                i % v
+            )));
+        }
         Ok(data.chunks(v).map(<[f32]>::to_vec).collect())
     }
 
@@ -326,6 +341,7 @@ impl Gpt2LmHeadModel {
             device: device.clone(),
             mask,
             cache: None,
+            steps: 0,
         };
         let mut rng = match config.decoding {
             Decoding::Sample { seed, .. } => StdRng::seed_from_u64(seed),
@@ -394,6 +410,7 @@ impl Gpt2LmHeadModel {
             device: device.clone(),
             mask: rows.iter().map(|&b| mask[b].clone()).collect(),
             cache: None,
+            steps: 0,
         };
         let mut beams: Vec<Beam> = rows
             .iter()
@@ -459,6 +476,17 @@ impl Gpt2LmHeadModel {
                     if kept == k {
                         break;
                     }
+                }
+                if kept == 0 {
+                    // Every candidate ended in eos (a vocabulary this small; logits are
+                    // finite, the stepper checks): the prompt is done, its beams stay as they
+                    // are, as for a closed prompt.
+                    for j in 0..k {
+                        next_beams.push(beams[b * k + j].clone());
+                        parents.push(b * k + j);
+                    }
+                    closed[b] = true;
+                    continue;
                 }
                 while kept < k {
                     // Fewer live candidates than beams (tiny vocab): repeat the best.

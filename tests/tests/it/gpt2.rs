@@ -517,3 +517,50 @@ fn sharded_checkpoint_index_is_validated() {
         ]
     );
 }
+
+/// An adapter with NaN (a diverged run): every decoding is an error naming the step, never a
+/// panic or a copy of another prompt's beam.
+#[test]
+fn non_finite_logits_are_an_error_naming_the_step() {
+    // Autodiff, so the adapter's parameters count as trainable for `set_trainable_values`.
+    let device = Device::flex().autodiff();
+    let (model, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+    let lora = lora_core::LoraConfig::new(2, 4.0, &["c_attn"]);
+    let (model, _) = lora_models::gpt2::inject_gpt2_lora(
+        model,
+        &lora,
+        "default",
+        lora_models::gpt2::CAttnMode::Fused,
+    )
+    .unwrap();
+    let mut values: std::collections::HashMap<String, lora_core::io::HostTensor> =
+        lora_train::optim::trainable_values(&model)
+            .unwrap()
+            .into_iter()
+            .collect();
+    for v in values.values_mut() {
+        v.data.iter_mut().for_each(|x| *x = f32::NAN);
+    }
+    let model =
+        lora_train::optim::set_trainable_values(model, &values, std::path::Path::new("nan"))
+            .unwrap();
+    let prompts = vec![vec![1u32, 2, 3], vec![4u32, 5]];
+    let beam = GenerationConfig {
+        decoding: Decoding::Beam {
+            num_beams: 3,
+            length_penalty: 1.0,
+            early_stopping: false,
+        },
+        ..GenerationConfig::greedy(4)
+    };
+    for cfg in [GenerationConfig::greedy(4), beam] {
+        let err = model
+            .generate(&prompts, &cfg, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("non-finite logit") && err.contains("step 1"),
+            "{err}"
+        );
+    }
+}
