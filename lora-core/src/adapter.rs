@@ -18,7 +18,9 @@ use crate::io::{
 };
 use crate::layer::{Factors, LayerKind};
 use crate::linear::replace;
-use crate::model::{ParamInfo, PathWalk, TrainPolicy, inject_adapter, visit_params};
+use crate::model::{
+    ParamInfo, PathWalk, TrainPolicy, inject_adapter, select_targets, visit_params,
+};
 use crate::sites::LoraSites;
 
 /// PEFT's weights file name.
@@ -182,9 +184,11 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
     mut file: HashMap<String, HostTensor>,
     source: &Path,
 ) -> Result<M> {
+    // The file is checked against the config and the model before the adapter is allocated:
+    // a corrupt rank must be a shape error, not a huge random initialisation.
+    let sites = take_site_values(model, config, &mut file, source)?;
+    let full = take_base_values(model, config, file, source)?;
     let mut model = inject_adapter(model.clone(), config, name)?;
-    let sites = take_site_values(&model, config, name, &mut file, source)?;
-    let full = take_base_values(&model, config, file, source)?;
     // All checks passed: apply.
     for site in sites {
         let key = format!("{KEY_PREFIX}{}", site.path);
@@ -258,7 +262,6 @@ struct SiteValues {
 fn take_site_values<M: Module + LoraSites>(
     model: &M,
     config: &LoraConfig,
-    name: &str,
     file: &mut HashMap<String, HostTensor>,
     source: &Path,
 ) -> Result<Vec<SiteValues>> {
@@ -270,9 +273,10 @@ fn take_site_values<M: Module + LoraSites>(
         expect_shape(&key, &t, shape)?;
         Ok::<_, LoraError>((t, key))
     };
+    let selected = select_targets(model, config)?;
     let mut sites = Vec::new();
     model.visit_lora_sites("", &mut |p, l| {
-        if l.adapter_names().iter().any(|n| n == name) {
+        if selected.iter().any(|(s, _)| s == p) {
             sites.push((p.to_string(), l.kind(), l.dims()));
         }
     });

@@ -266,3 +266,24 @@ fn invalid_config_values_are_errors() {
     c.lora_alpha = f64::INFINITY;
     assert!(c.validate().is_err());
 }
+
+/// A corrupt rank in the config is a shape error found before anything is allocated: it used
+/// to draw a random `[d_in, r]` factor first (r = 10⁹ aborts on memory).
+#[test]
+fn a_corrupt_rank_is_a_shape_error_before_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tensors(dir.path(), &peft_tensors());
+    let cfg = std::fs::read_to_string(fixture(PEFT_DIR).join(CONFIG_FILE)).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    json["r"] = serde_json::json!(1_000_000_000u64);
+    std::fs::write(dir.path().join(CONFIG_FILE), json.to_string()).unwrap();
+    let base = Tiny::from_fixture(&Device::flex());
+    match lora_core::load_adapter(&base, dir.path(), "default") {
+        Err(LoraError::ShapeMismatch {
+            found, expected, ..
+        }) => {
+            assert_eq!(expected[0], 1_000_000_000, "{found:?} vs {expected:?}");
+        }
+        other => panic!("expected ShapeMismatch, got {:?}", other.map(|_| ())),
+    }
+}
