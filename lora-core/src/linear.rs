@@ -270,7 +270,18 @@ impl LoraLinear {
     /// # Shapes
     /// - `x`: `[..., d_in]`
     /// - output: `[..., d_out]`
+    ///
+    /// # Panics
+    /// If the last dimension of `x` is not `d_in` (as burn-nn's `Linear` does, with a message
+    /// that names both sizes).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let d_in = self.shape().0;
+        assert_eq!(
+            x.dims()[D - 1],
+            d_in,
+            "LoraLinear::forward: the input's last dimension is {}, the layer takes {d_in}",
+            x.dims()[D - 1]
+        );
         let base = linear_rows(
             x.clone(),
             self.weight.val(),

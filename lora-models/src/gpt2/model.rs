@@ -39,6 +39,11 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Rows (sequences) cached; `None` when nothing is cached yet.
+    pub fn batch(&self) -> Option<usize> {
+        self.layers.first().map(|l| l.k.dims()[0])
+    }
+
     /// Keeps only the given batch rows, in the given order (beam search reorders beams).
     pub fn select(&self, rows: Tensor<1, Int>) -> Self {
         Self {
@@ -326,6 +331,16 @@ impl Gpt2Model {
                 past + t
             )));
         }
+        if let Some(cb) = cache.as_ref().and_then(KvCache::batch)
+            && cb != b
+        {
+            return Err(ModelError::InvalidInput(format!(
+                "the KV cache holds {cb} sequences but the batch has {b}"
+            )));
+        }
+        if let Some(p) = &position_ids {
+            check_positions(p, [b, t], self.n_positions)?;
+        }
         let positions = match position_ids {
             Some(p) => p,
             None => Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device)
@@ -393,4 +408,30 @@ impl Gpt2LmHeadModel {
         );
         Ok((logits, cache))
     }
+}
+
+/// Explicit position ids must be `[batch, new]` and index the position table: an id past
+/// `n_positions` would make the embedding gather panic (flex) or read garbage (wgpu).
+fn check_positions(p: &Tensor<2, Int>, dims: [usize; 2], n_positions: usize) -> Result<()> {
+    if p.dims() != dims {
+        return Err(ModelError::InvalidInput(format!(
+            "position_ids is {:?}, expected {dims:?}",
+            p.dims()
+        )));
+    }
+    let range = |t: Tensor<1, Int>| -> Result<i64> {
+        t.into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .ok()
+            .and_then(|v| v.first().copied())
+            .ok_or_else(|| ModelError::InvalidInput("position_ids could not be read".into()))
+    };
+    let (lo, hi) = (range(p.clone().min())?, range(p.clone().max())?);
+    if lo < 0 || hi >= n_positions as i64 {
+        return Err(ModelError::InvalidInput(format!(
+            "position_ids range over {lo}..={hi}, but the model has {n_positions} positions"
+        )));
+    }
+    Ok(())
 }

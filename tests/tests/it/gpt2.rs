@@ -564,3 +564,36 @@ fn non_finite_logits_are_an_error_naming_the_step() {
         );
     }
 }
+
+/// Inputs a user passes to the library's forwards are checked where burn would panic deep
+/// inside (or, on wgpu, read garbage): explicit position ids past `n_positions`, a KV cache of
+/// another batch size, a `LoraLinear` input of the wrong width.
+#[test]
+fn forward_inputs_are_checked() {
+    let device = Device::flex();
+    let (model, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+    let n = model.transformer.n_positions;
+    let ids = Tensor::<2, Int>::from_data([[1, 2, 3]], &device);
+    let far = Tensor::<2, Int>::from_data([[0, 1, n as i64]], &device);
+    let err = model
+        .forward_cached(ids.clone(), None, Some(far), None)
+        .unwrap_err();
+    assert!(err.to_string().contains("position_ids"), "{err}");
+    let (_, cache) = model.forward_cached(ids.clone(), None, None, None).unwrap();
+    let two = Tensor::<2, Int>::from_data([[4], [5]], &device);
+    let err = model
+        .forward_cached(two, None, None, Some(cache))
+        .unwrap_err();
+    assert!(err.to_string().contains("KV cache holds 1"), "{err}");
+
+    let layer = lora_core::LoraLinearConfig::new(4, 2).init(&device);
+    let wrong = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        layer.forward(Tensor::<2>::zeros([1, 3], &device))
+    }));
+    let msg = wrong.unwrap_err();
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("last dimension is 3, the layer takes 4"),
+        "{msg}"
+    );
+}
