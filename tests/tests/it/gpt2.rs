@@ -597,3 +597,33 @@ fn forward_inputs_are_checked() {
         "{msg}"
     );
 }
+
+/// A malformed `pytorch_model.bin` (truncated, garbage, an empty file, a zip without a pickle)
+/// is a typed error naming the file, never a panic through burn-store's pickle reader.
+#[test]
+fn malformed_pickle_checkpoints_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pytorch_model.bin");
+    let mut zip_without_pickle = b"PK\x03\x04".to_vec();
+    zip_without_pickle.extend([0u8; 64]);
+    for (what, bytes) in [
+        ("empty", Vec::new()),
+        ("garbage", b"not a pickle at all \x80\x02}q\x00".to_vec()),
+        ("zip header only", zip_without_pickle),
+        (
+            "protocol 2 truncated",
+            vec![0x80, 0x02, 0x7d, 0x71, 0x00, 0x58],
+        ),
+    ] {
+        std::fs::write(&path, &bytes).unwrap();
+        let result = std::panic::catch_unwind(|| lora_models::hf::read_pytorch(&path));
+        match result {
+            Ok(Err(lora_models::ModelError::Pickle { path: p, .. })) => assert_eq!(p, path),
+            Ok(other) => panic!(
+                "{what}: expected a Pickle error, got {:?}",
+                other.map(|m| m.len())
+            ),
+            Err(_) => panic!("{what}: the reader panicked"),
+        }
+    }
+}
