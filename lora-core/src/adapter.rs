@@ -16,7 +16,7 @@ use crate::error::{LoraError, Result};
 use crate::io::{
     HostTensor, parse_safetensors, read_file, serialize_safetensors, view_to_host, write_atomic,
 };
-use crate::layer::{Factors, LayerKind};
+use crate::layer::Factors;
 use crate::linear::replace;
 use crate::model::{
     ParamInfo, PathWalk, TrainPolicy, inject_adapter, select_targets, visit_params,
@@ -71,10 +71,7 @@ pub fn adapter_state<M: Module + LoraSites>(
         pin_spec(&mut config, &path, f.a.dims()[1], f.scale)?;
         let a = HostTensor::from_tensor(f.a, &path)?.transposed();
         let b = HostTensor::from_tensor(f.b, &path)?.transposed();
-        let (ka, kb) = match kind {
-            LayerKind::Linear => ("lora_A.weight", "lora_B.weight"),
-            LayerKind::Embedding => ("lora_embedding_A", "lora_embedding_B"),
-        };
+        let (ka, kb) = kind.factor_keys();
         out.push((format!("{KEY_PREFIX}{path}.{ka}"), a));
         out.push((format!("{KEY_PREFIX}{path}.{kb}"), b));
     }
@@ -284,10 +281,7 @@ fn take_site_values<M: Module + LoraSites>(
     let mut out = Vec::with_capacity(sites.len());
     for (path, kind, (d_in, d_out)) in sites {
         let spec = config.spec_for(&path)?;
-        let (ka, kb) = match kind {
-            LayerKind::Linear => ("lora_A.weight", "lora_B.weight"),
-            LayerKind::Embedding => ("lora_embedding_A", "lora_embedding_B"),
-        };
+        let (ka, kb) = kind.factor_keys();
         let (a, key_a) = take(format!("{KEY_PREFIX}{path}.{ka}"), &[spec.r, d_in])?;
         let (b, key_b) = take(format!("{KEY_PREFIX}{path}.{kb}"), &[d_out, spec.r])?;
         let magnitude = match spec.dora {

@@ -17,6 +17,16 @@ pub enum LayerKind {
     Embedding,
 }
 
+impl LayerKind {
+    /// PEFT's key suffixes of the A and B factors on this kind of layer.
+    pub fn factor_keys(self) -> (&'static str, &'static str) {
+        match self {
+            LayerKind::Linear => ("lora_A.weight", "lora_B.weight"),
+            LayerKind::Embedding => ("lora_embedding_A", "lora_embedding_B"),
+        }
+    }
+}
+
 /// The equivalent plain LoRA factors of one adapter, in our orientation: `a` is `[d_in, r]`,
 /// `b` is `[r, d_out]` and the weight update is `scale · a · b`.
 #[derive(Debug, Clone)]

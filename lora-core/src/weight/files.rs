@@ -1,7 +1,7 @@
 //! PEFT adapter files for weight-level adapters: the same files as
 //! [`save_adapter`](crate::save_adapter) writes, keyed by the PEFT paths a [`PathMap`] gives.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use burn::module::Module;
@@ -13,6 +13,7 @@ use crate::adapter::{
 use crate::config::{CONFIG_FILE, LoraConfig};
 use crate::error::{LoraError, Result};
 use crate::io::{HostTensor, serialize_safetensors, write_atomic};
+use crate::layer::LayerKind;
 use crate::model::{PathWalk, TrainPolicy};
 
 use super::ops::{Target, inject_adapter, select};
@@ -22,16 +23,12 @@ use super::sites::{BaseParam, Scan, scan};
 
 /// PEFT's keys (without [`KEY_PREFIX`]) of an adapter's A and B factors on `module`.
 fn factor_keys(layout: Layout, module: &str) -> (String, String) {
-    match layout {
-        Layout::Embedding => (
-            format!("{module}.lora_embedding_A"),
-            format!("{module}.lora_embedding_B"),
-        ),
-        _ => (
-            format!("{module}.lora_A.weight"),
-            format!("{module}.lora_B.weight"),
-        ),
-    }
+    let kind = match layout {
+        Layout::Embedding => LayerKind::Embedding,
+        _ => LayerKind::Linear,
+    };
+    let (a, b) = kind.factor_keys();
+    (format!("{module}.{a}"), format!("{module}.{b}"))
 }
 
 /// PEFT's key of a DoRA magnitude vector on `module`.
@@ -56,7 +53,7 @@ pub fn adapter_state<M: Module>(
         let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
             continue;
         };
-        let module = site_module(&found, path);
+        let module = found.module_of(path);
         let (meta, f) = (&lora.metas[i], &lora.adapters[i]);
         pin_spec(&mut config, &module, meta.r, meta.scale)?;
         let (ka, kb) = factor_keys(lora.layout, &module);
@@ -101,18 +98,6 @@ fn no_weight_adapter(found: &Scan, name: &str) -> LoraError {
     }
 }
 
-/// The PEFT module path of the parameter at burn path `path`.
-fn site_module(found: &Scan, path: &str) -> String {
-    found
-        .param(path)
-        .map_or_else(|| path.to_string(), |p| p.peft_module().to_string())
-}
-
-/// The PEFT modules that carry any adapter.
-fn adapted_modules(found: &Scan) -> BTreeSet<String> {
-    found.sites.keys().map(|p| site_module(found, p)).collect()
-}
-
 /// The base parameters `config` trains (`modules_to_save`, `bias`), keyed as PEFT saves them
 /// (`<module>.base_layer.<leaf>` inside adapted modules) in PyTorch layout.
 fn saved_base_params<M: Module>(
@@ -120,7 +105,7 @@ fn saved_base_params<M: Module>(
     found: &Scan,
     config: &LoraConfig,
 ) -> Result<Vec<(String, HostTensor)>> {
-    let adapted = adapted_modules(found);
+    let adapted = found.adapted_modules();
     let policy = TrainPolicy::from_sites(config, adapted.clone());
     let wanted: HashMap<String, &BaseParam> = found
         .params

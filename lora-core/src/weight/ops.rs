@@ -169,7 +169,6 @@ pub fn inject_adapter<M: Module>(
         &targets.iter().map(|t| t.param.burn_path.clone()).collect(),
     );
     let mut edits = keep_all(&found);
-    let mut adapted = BTreeSet::new();
     for t in targets {
         let value = values
             .get(&t.param.burn_path)
@@ -202,16 +201,9 @@ pub fn inject_adapter<M: Module>(
             active: true,
             merged: false,
         });
-        adapted.insert(t.param.peft_module().to_string());
-    }
-    for (path, l) in &found.sites {
-        if let Some(p) = found.param(path)
-            && !l.adapters.is_empty()
-        {
-            adapted.insert(p.peft_module().to_string());
-        }
     }
     let model = rebuild(model, edits);
+    let adapted = scan(&model, map).adapted_modules();
     Ok(apply_trainability(model, config, map, adapted))
 }
 
@@ -482,13 +474,9 @@ pub fn unload<M: Module>(model: M) -> Result<M> {
 /// says).
 pub fn report<M: Module>(model: &M, config: &LoraConfig, map: &PathMap) -> ParamReport {
     let found = scan(model, map);
-    let mut adapted = BTreeSet::new();
     let mut rows = Vec::new();
     for (path, lora) in &found.sites {
-        let module = found
-            .param(path)
-            .map_or(path.clone(), |p| p.peft_module().to_string());
-        adapted.insert(module.clone());
+        let module = found.module_of(path);
         for f in &lora.adapters {
             let n = f.lora_a.lazy_shape().num_elements()
                 + f.lora_b.lazy_shape().num_elements()
@@ -498,6 +486,7 @@ pub fn report<M: Module>(model: &M, config: &LoraConfig, map: &PathMap) -> Param
             rows.push((module.clone(), n, true, true));
         }
     }
+    let adapted = found.adapted_modules();
     let policy = TrainPolicy::from_sites(config, adapted);
     for p in &found.params {
         let n = p.shape.iter().product();

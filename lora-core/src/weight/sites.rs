@@ -75,6 +75,17 @@ impl Scan {
         self.params.iter().find(|p| p.burn_path == burn_path)
     }
 
+    /// The PEFT path of the module owning the parameter at burn path `burn_path`.
+    pub fn module_of(&self, burn_path: &str) -> String {
+        self.param(burn_path)
+            .map_or_else(|| burn_path.to_string(), |p| p.peft_module().to_string())
+    }
+
+    /// The PEFT modules that carry any adapter.
+    pub fn adapted_modules(&self) -> BTreeSet<String> {
+        self.sites.keys().map(|p| self.module_of(p)).collect()
+    }
+
     /// Adapter names present anywhere, in first-seen order.
     pub fn adapter_names(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();

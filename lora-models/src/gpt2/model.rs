@@ -419,15 +419,20 @@ fn check_positions(p: &Tensor<2, Int>, dims: [usize; 2], n_positions: usize) -> 
             p.dims()
         )));
     }
-    let range = |t: Tensor<1, Int>| -> Result<i64> {
-        t.into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .ok()
-            .and_then(|v| v.first().copied())
-            .ok_or_else(|| ModelError::InvalidInput("position_ids could not be read".into()))
+    // Minimum and maximum in one read back: one device sync per forward, not two.
+    let bounds = Tensor::cat(vec![p.clone().min(), p.clone().max()], 0)
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .map_err(|e| ModelError::InvalidInput(format!("position_ids: {e:?}")))?;
+    let (lo, hi) = match bounds[..] {
+        [lo, hi] => (lo, hi),
+        _ => {
+            return Err(ModelError::InvalidInput(
+                "position_ids could not be read".into(),
+            ));
+        }
     };
-    let (lo, hi) = (range(p.clone().min())?, range(p.clone().max())?);
     if lo < 0 || hi >= n_positions as i64 {
         return Err(ModelError::InvalidInput(format!(
             "position_ids range over {lo}..={hi}, but the model has {n_positions} positions"
