@@ -53,6 +53,13 @@ pub(crate) fn select(scan: &Scan, config: &LoraConfig) -> Result<Vec<Target>> {
             )));
         }
         let spec = config.spec_for(p.peft_module())?;
+        // An expert stack's factors have r·E rows; a corrupt rank must not overflow them.
+        if layout == Layout::Experts && spec.r.checked_mul(p.shape[0]).is_none() {
+            return Err(LoraError::config(
+                "r",
+                format!("{} times {} experts overflows", spec.r, p.shape[0]),
+            ));
+        }
         out.push(Target {
             param: p.clone(),
             layout,
