@@ -27,6 +27,9 @@ use crate::sites::LoraSites;
 pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
 /// Prefix PEFT puts before every module path.
 pub const KEY_PREFIX: &str = "base_model.model.";
+/// The name of a PEFT adapter saved with `safe_serialization=False` (a PyTorch pickle).
+pub const ADAPTER_BIN_FILE: &str = "adapter_model.bin";
+
 /// PEFT's key (after the module path) of a DoRA magnitude vector.
 pub const MAGNITUDE: &str = "lora_magnitude_vector";
 
@@ -105,19 +108,42 @@ pub fn adapter_state<M: Module + LoraSites>(
 
 /// Adds `rank_pattern`/`alpha_pattern` entries for `path` when its adapter's rank or scale is
 /// not what `config` gives it, so PEFT rebuilds the same update.
+///
+/// The file is read back (by PEFT and by us) with sorted keys, and the first matching key wins:
+/// the pinned key must sort before any key of the user's that also matches `path` (a user's
+/// `{"c_attn": 16}` sorts before `transformer\.h\.0\.attn\.c_attn`). When the plain escaped
+/// path would lose, it is written as `(?:)<path>`, which sorts before every ordinary pattern.
 pub(crate) fn pin_spec(config: &mut LoraConfig, path: &str, r: usize, scale: f64) -> Result<()> {
-    let spec = config.spec_for(path)?;
-    if r != spec.r || (scale - spec.scale).abs() > 1e-12 * spec.scale.abs().max(1.0) {
-        let alpha = if config.use_rslora {
-            scale * (r as f64).sqrt()
-        } else {
-            scale * r as f64
-        };
-        let key = regex::escape(path);
-        config.rank_pattern.insert(key.clone(), r);
-        config.alpha_pattern.insert(key, alpha);
+    config.rank_pattern.sort();
+    config.alpha_pattern.sort();
+    let gives = |c: &LoraConfig| -> Result<bool> {
+        let spec = c.spec_for(path)?;
+        Ok(r == spec.r && (scale - spec.scale).abs() <= 1e-12 * spec.scale.abs().max(1.0))
+    };
+    if gives(config)? {
+        return Ok(());
     }
-    Ok(())
+    let alpha = if config.use_rslora {
+        scale * (r as f64).sqrt()
+    } else {
+        scale * r as f64
+    };
+    let escaped = regex::escape(path);
+    for key in [escaped.clone(), format!("(?:){escaped}")] {
+        let mut trial = config.clone();
+        trial.rank_pattern.insert(key.clone(), r);
+        trial.alpha_pattern.insert(key, alpha);
+        trial.rank_pattern.sort();
+        trial.alpha_pattern.sort();
+        if gives(&trial)? {
+            *config = trial;
+            return Ok(());
+        }
+    }
+    Err(LoraError::Unsupported(format!(
+        "saving `{path}` (rank {r}, scale {scale}): a rank_pattern/alpha_pattern key of the \
+         config sorts before any key that could pin it, so PEFT would rebuild another update"
+    )))
 }
 
 /// Writes adapter `name` to `dir` as PEFT does (`adapter_config.json` and
@@ -157,17 +183,30 @@ pub(crate) fn read_adapter_dir(
 ) -> Result<(LoraConfig, HashMap<String, HostTensor>, std::path::PathBuf)> {
     let config = LoraConfig::load(dir.join(CONFIG_FILE))?;
     let path = dir.join(ADAPTER_FILE);
-    if !path.exists() && dir.join("adapter_model.bin").exists() {
-        return Err(LoraError::Unsupported(format!(
-            "{} holds adapter_model.bin (a pickle); save it with safe_serialization=True",
-            dir.display()
-        )));
-    }
-    let bytes = read_file(&path)?;
-    let st = parse_safetensors(&bytes, &path)?;
-    let mut file: HashMap<String, HostTensor> = HashMap::new();
-    for (key, view) in st.tensors() {
-        file.insert(key.clone(), view_to_host(&key, &view)?);
+    let bin = dir.join(ADAPTER_BIN_FILE);
+    let (file, path) = if !path.exists() && bin.exists() {
+        // PEFT's `safe_serialization=False`: the same keys in a PyTorch pickle.
+        (crate::io::read_pytorch(&bin)?, bin)
+    } else {
+        let bytes = read_file(&path)?;
+        let st = parse_safetensors(&bytes, &path)?;
+        let mut file: HashMap<String, HostTensor> = HashMap::new();
+        for (key, view) in st.tensors() {
+            file.insert(key.clone(), view_to_host(&key, &view)?);
+        }
+        (file, path)
+    };
+    // A NaN in a factor would poison every output silently; PEFT loads it, we refuse it.
+    let mut keys: Vec<&String> = file.keys().collect();
+    keys.sort();
+    if let Some(key) = keys
+        .into_iter()
+        .find(|k| file[*k].data.iter().any(|v| !v.is_finite()))
+    {
+        return Err(LoraError::NonFinite {
+            key: key.clone(),
+            context: format!("in {}", path.display()),
+        });
     }
     Ok((config, file, path))
 }
@@ -185,7 +224,7 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
     // a corrupt rank must be a shape error, not a huge random initialisation.
     let sites = take_site_values(model, config, &mut file, source)?;
     let full = take_base_values(model, config, file, source)?;
-    let mut model = inject_adapter(model.clone(), config, name)?;
+    let mut model = inject_adapter(model.clone(), &config.for_loading(), name)?;
     // All checks passed: apply.
     for site in sites {
         let key = format!("{KEY_PREFIX}{}", site.path);

@@ -1,12 +1,12 @@
 //! [`LoraConfig`]: PEFT's `LoraConfig`, field for field, with its target-matching rules.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LoraError, Result};
+use crate::pyregex::PyRegex;
+pub use crate::targeting::{ALL_LINEAR, PatternMap, is_all_linear};
 
 /// File name PEFT uses for the adapter config.
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -55,6 +55,27 @@ pub enum InitLoraWeights {
     /// `false`: B is random as well, so the adapter changes the output from the start (tests).
     /// Embeddings: both factors ~ N(0, 1).
     Random,
+    /// `"eva"`: PEFT's data-driven initialisation. The trained adapter is plain LoRA, so files
+    /// load; a fresh adapter cannot be initialised this way here.
+    Eva,
+    /// `"orthogonal"`: PEFT's orthogonal factors with a zero product. Files load as plain LoRA;
+    /// a fresh adapter cannot be initialised this way here.
+    Orthogonal,
+}
+
+impl InitLoraWeights {
+    /// Errors for initialisations that only describe how a saved adapter was started
+    /// ([`Eva`](Self::Eva), [`Orthogonal`](Self::Orthogonal)): fine for loading, not for
+    /// creating a fresh adapter.
+    pub fn check_initialisable(self) -> Result<()> {
+        match self {
+            Self::Eva | Self::Orthogonal => Err(LoraError::Unsupported(format!(
+                "init_lora_weights {} for a new adapter (adapters saved with it load; initialise new ones with true, false or \"gaussian\")",
+                serde_json::json!(self)
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Serialize for InitLoraWeights {
@@ -63,6 +84,8 @@ impl Serialize for InitLoraWeights {
             InitLoraWeights::Default => s.serialize_bool(true),
             InitLoraWeights::Random => s.serialize_bool(false),
             InitLoraWeights::Gaussian => s.serialize_str("gaussian"),
+            InitLoraWeights::Eva => s.serialize_str("eva"),
+            InitLoraWeights::Orthogonal => s.serialize_str("orthogonal"),
         }
     }
 }
@@ -78,11 +101,34 @@ impl<'de> Deserialize<'de> for InitLoraWeights {
         match Raw::deserialize(d)? {
             Raw::Bool(true) => Ok(Self::Default),
             Raw::Bool(false) => Ok(Self::Random),
-            Raw::Str(s) if s == "gaussian" => Ok(Self::Gaussian),
-            Raw::Str(s) => Err(serde::de::Error::custom(format!(
-                "init_lora_weights \"{s}\" is not supported (supported: true, false, \"gaussian\")"
-            ))),
+            // PEFT compares "gaussian" and "olora" case-insensitively, the others exactly.
+            Raw::Str(s) if s.eq_ignore_ascii_case("gaussian") => Ok(Self::Gaussian),
+            Raw::Str(s) if s == "eva" => Ok(Self::Eva),
+            Raw::Str(s) if s == "orthogonal" => Ok(Self::Orthogonal),
+            Raw::Str(s) => Err(serde::de::Error::custom(init_refusal(&s))),
         }
+    }
+}
+
+/// Why an `init_lora_weights` string is refused. PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA and MiCA
+/// subtract their initial update from the base weights: a file saved without PEFT's
+/// `path_initial_model_for_weight_conversion` only works on that modified base.
+fn init_refusal(s: &str) -> String {
+    let base_changing = ["pissa", "corda", "olora", "mica", "loftq", "lora_ga"];
+    if base_changing
+        .iter()
+        .any(|p| s.to_ascii_lowercase().starts_with(p))
+    {
+        format!(
+            "init_lora_weights \"{s}\" is not supported: it changes the base weights, so the adapter only \
+             works on PEFT's modified base (convert it with PEFT's \
+             path_initial_model_for_weight_conversion, which saves a plain LoRA)"
+        )
+    } else {
+        format!(
+            "init_lora_weights \"{s}\" is not supported (supported: true, false, \"gaussian\", and \
+             for loading \"eva\" and \"orthogonal\")"
+        )
     }
 }
 
@@ -139,16 +185,16 @@ pub struct LoraConfig {
     pub exclude_modules: Option<TargetModules>,
     /// Only adapt modules in these layer indices (list targets only, as in PEFT).
     #[serde(default)]
-    pub layers_to_transform: Option<OneOrMany<usize>>,
+    pub layers_to_transform: Option<OneOrMany<i64>>,
     /// Name of the layer list in module paths (e.g. `h` or `layer`), used with `layers_to_transform`.
     #[serde(default)]
     pub layers_pattern: Option<OneOrMany<String>>,
     /// Per-module rank overrides: key is a regex matched against the end of the module path.
     #[serde(default)]
-    pub rank_pattern: BTreeMap<String, usize>,
+    pub rank_pattern: PatternMap<usize>,
     /// Per-module alpha overrides, matched like `rank_pattern`.
     #[serde(default)]
-    pub alpha_pattern: BTreeMap<String, f64>,
+    pub alpha_pattern: PatternMap<f64>,
     /// rsLoRA: scale by `lora_alpha / sqrt(r)` instead of `lora_alpha / r`.
     #[serde(default)]
     pub use_rslora: bool,
@@ -180,6 +226,11 @@ pub struct LoraConfig {
     /// Bias on lora_B: not supported, must be `false`.
     #[serde(default)]
     pub lora_bias: bool,
+    /// Whether a LoRA on an embedding tied to the output layer (GPT-2's `wte` and LM head) also
+    /// adapts that output layer (PEFT's `ensure_weight_tying`). `false` (PEFT's default): the
+    /// head keeps the base table until the adapter is merged.
+    #[serde(default)]
+    pub ensure_weight_tying: bool,
     /// Layer replication: not supported, must be absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_replication: Option<serde_json::Value>,
@@ -218,8 +269,8 @@ impl Default for LoraConfig {
             exclude_modules: None,
             layers_to_transform: None,
             layers_pattern: None,
-            rank_pattern: BTreeMap::new(),
-            alpha_pattern: BTreeMap::new(),
+            rank_pattern: PatternMap::new(),
+            alpha_pattern: PatternMap::new(),
             use_rslora: false,
             init_lora_weights: InitLoraWeights::Default,
             bias: BiasMode::None,
@@ -230,6 +281,7 @@ impl Default for LoraConfig {
             inference_mode: false,
             use_dora: false,
             lora_bias: false,
+            ensure_weight_tying: false,
             layer_replication: None,
             target_parameters: None,
             trainable_token_indices: None,
@@ -266,6 +318,16 @@ impl LoraConfig {
                 targets.iter().map(|s| s.to_string()).collect(),
             )),
             ..Self::default()
+        }
+    }
+
+    /// This config for injecting an adapter whose factors come from a file: the
+    /// initialisation is irrelevant then, so load-only ones ([`InitLoraWeights::Eva`],
+    /// [`InitLoraWeights::Orthogonal`]) are replaced by the default.
+    pub fn for_loading(&self) -> Self {
+        Self {
+            init_lora_weights: InitLoraWeights::Default,
+            ..self.clone()
         }
     }
 
@@ -339,7 +401,10 @@ impl LoraConfig {
                 ));
             }
         }
-        let config: Self = serde_json::from_value(value).map_err(|source| LoraError::Json {
+        check_variant_keys(&value)?;
+        // From the text, not the parsed value: `rank_pattern`/`alpha_pattern` keep the file's
+        // order, which decides which pattern wins (PEFT reads them into an ordered dict).
+        let config: Self = serde_json::from_str(text).map_err(|source| LoraError::Json {
             path: CONFIG_FILE.into(),
             source,
         })?;
@@ -351,6 +416,8 @@ impl LoraConfig {
     pub fn to_json(&self) -> Result<String> {
         let mut c = self.clone();
         c.inference_mode = true;
+        c.rank_pattern.sort();
+        c.alpha_pattern.sort();
         // serde_json::Value's map is sorted (BTreeMap), which gives PEFT's sort_keys=True order.
         let value = serde_json::to_value(&c).map_err(|source| LoraError::Json {
             path: CONFIG_FILE.into(),
@@ -367,6 +434,22 @@ impl LoraConfig {
         if self.peft_type != "LORA" {
             return Err(LoraError::config("peft_type", "must be \"LORA\""));
         }
+        const TASK_TYPES: [&str; 6] = [
+            "SEQ_CLS",
+            "SEQ_2_SEQ_LM",
+            "CAUSAL_LM",
+            "TOKEN_CLS",
+            "QUESTION_ANS",
+            "FEATURE_EXTRACTION",
+        ];
+        if let Some(t) = &self.task_type
+            && !TASK_TYPES.contains(&t.as_str())
+        {
+            return Err(LoraError::config(
+                "task_type",
+                format!("\"{t}\" is not one of {}", TASK_TYPES.join(", ")),
+            ));
+        }
         if self.r == 0 {
             return Err(LoraError::config("r", "must be a positive integer, got 0"));
         }
@@ -382,68 +465,76 @@ impl LoraConfig {
                 format!("must be in [0, 1), got {}", self.lora_dropout),
             ));
         }
-        for (k, &r) in &self.rank_pattern {
+        self.validate_patterns()?;
+        self.validate_layers()?;
+        self.target_parameter_list()?;
+        let value = serde_json::to_value(self).map_err(|source| LoraError::Json {
+            path: CONFIG_FILE.into(),
+            source,
+        })?;
+        check_variant_keys(&value)?;
+        Ok(())
+    }
+
+    /// Every pattern compiles with Python's meaning, and pattern values are usable.
+    fn validate_patterns(&self) -> Result<()> {
+        for (k, &r) in self.rank_pattern.iter() {
             if r == 0 {
                 return Err(LoraError::config("rank_pattern", format!("`{k}`: rank 0")));
             }
-            compile("rank_pattern", &pattern_regex(k))?;
         }
-        for (k, a) in &self.alpha_pattern {
+        for (k, a) in self.alpha_pattern.iter() {
             if !a.is_finite() {
                 return Err(LoraError::config(
                     "alpha_pattern",
                     format!("`{k}`: alpha {a} is not finite"),
                 ));
             }
-            compile("alpha_pattern", &pattern_regex(k))?;
         }
+        self.rank_pattern.check("rank_pattern")?;
+        self.alpha_pattern.check("alpha_pattern")?;
         for (field, t) in [
             ("target_modules", &self.target_modules),
             ("exclude_modules", &self.exclude_modules),
         ] {
             if let Some(TargetModules::Regex(p)) = t
-                && p != ALL_LINEAR
+                && !is_all_linear(p)
             {
-                compile(field, &format!("^(?:{p})$"))?;
+                PyRegex::fullmatch(field, p)?;
             }
         }
-        if self.layers_to_transform.is_some()
-            && matches!(self.target_modules, Some(TargetModules::Regex(_)))
-        {
+        for m in self.effective_modules_to_save() {
+            PyRegex::prefix("modules_to_save", &format!(r"(^|.*\.){m}($|\..*)"))?;
+        }
+        Ok(())
+    }
+
+    /// PEFT's rules for `layers_to_transform` / `layers_pattern` (`LoraConfig.__post_init__`).
+    fn validate_layers(&self) -> Result<()> {
+        let regex_targets = matches!(self.target_modules, Some(TargetModules::Regex(_)));
+        if regex_targets && self.layers_to_transform.is_some() {
             return Err(LoraError::config(
                 "layers_to_transform",
                 "cannot be used when target_modules is a regex string (as in PEFT)",
             ));
         }
-        if let Some(p) = &self.layers_pattern {
-            if self.layers_to_transform.is_none() {
-                return Err(LoraError::config(
-                    "layers_pattern",
-                    "is only meaningful together with layers_to_transform",
-                ));
-            }
-            for pat in p.to_vec() {
-                compile("layers_pattern", &format!(r"^.*\.{pat}\.(\d+)\."))?;
-            }
+        if regex_targets && self.layers_pattern.is_some() {
+            return Err(LoraError::config(
+                "layers_pattern",
+                "cannot be used when target_modules is a regex string (as in PEFT)",
+            ));
         }
-        if self.lora_bias {
-            return Err(LoraError::Unsupported("lora_bias = true".into()));
+        let pattern_given = self.layers_pattern.as_ref().is_some_and(|p| {
+            !matches!(p, OneOrMany::One(s) if s.is_empty()) && !p.to_vec().is_empty()
+        });
+        if pattern_given && self.layers_to_transform.is_none() {
+            return Err(LoraError::config(
+                "layers_pattern",
+                "needs layers_to_transform (as in PEFT)",
+            ));
         }
-        if self
-            .layer_replication
-            .as_ref()
-            .is_some_and(|v| !v.is_null())
-        {
-            return Err(LoraError::Unsupported("layer_replication".into()));
-        }
-        self.target_parameter_list()?;
-        if self
-            .trainable_token_indices
-            .as_ref()
-            .is_some_and(|v| !v.is_null())
-        {
-            return Err(LoraError::Unsupported("trainable_token_indices".into()));
-        }
+        // Compiles each pattern's layer regex.
+        self.layer_index("")?;
         Ok(())
     }
 
@@ -472,93 +563,45 @@ impl LoraConfig {
         }
         Ok(())
     }
-
-    /// Whether the module at `path` gets an adapter, with PEFT's rules: exclusions first; a regex
-    /// string must match the whole path; a list entry matches exactly or as a dotted suffix, and
-    /// only suffix matches are then filtered by `layers_to_transform`.
-    ///
-    /// `is_linear` tells the `all-linear` shorthand which sites qualify.
-    pub fn is_target(&self, path: &str, is_linear: bool) -> Result<bool> {
-        if let Some(ex) = &self.exclude_modules
-            && matches_targets("exclude_modules", ex, path, is_linear)?
-        {
-            return Ok(false);
-        }
-        let Some(targets) = &self.target_modules else {
-            return Ok(false);
-        };
-        match targets {
-            TargetModules::Regex(_) => matches_targets("target_modules", targets, path, is_linear),
-            TargetModules::List(list) => {
-                if list.iter().any(|t| t == path) {
-                    return Ok(true);
-                }
-                if !list.iter().any(|t| path.ends_with(&format!(".{t}"))) {
-                    return Ok(false);
-                }
-                let Some(layers) = &self.layers_to_transform else {
-                    return Ok(true);
-                };
-                let layers = layers.to_vec();
-                if layers.is_empty() {
-                    return Ok(true);
-                }
-                let patterns = match &self.layers_pattern {
-                    Some(p) if !p.to_vec().is_empty() => p
-                        .to_vec()
-                        .into_iter()
-                        .map(|p| format!(r"^.*\.{p}\.(\d+)\."))
-                        .collect(),
-                    _ => vec![r"^.*\.[^.]*\.(\d+)\.".to_string()],
-                };
-                for pat in patterns {
-                    let re = compile("layers_pattern", &pat)?;
-                    if let Some(c) = re.captures(path) {
-                        let idx: Option<usize> = c.get(1).and_then(|m| m.as_str().parse().ok());
-                        return Ok(idx.is_some_and(|i| layers.contains(&i)));
-                    }
-                }
-                Ok(false)
-            }
-        }
-    }
-
-    /// Rank, alpha and scale for the module at `path`, after `rank_pattern` / `alpha_pattern`.
-    pub fn spec_for(&self, path: &str) -> Result<AdapterSpec> {
-        let r = match pattern_lookup("rank_pattern", self.rank_pattern.keys(), path)? {
-            Some(k) => self.rank_pattern[k],
-            None => self.r,
-        };
-        let alpha = match pattern_lookup("alpha_pattern", self.alpha_pattern.keys(), path)? {
-            Some(k) => self.alpha_pattern[k],
-            None => self.lora_alpha,
-        };
-        Ok(AdapterSpec {
-            r,
-            alpha,
-            scale: scale(alpha, r, self.use_rslora),
-            dropout: self.lora_dropout,
-            init: self.init_lora_weights,
-            dora: self.use_dora,
-        })
-    }
-
-    /// Whether `path` is (inside) one of the `modules_to_save` (exact or dotted-suffix match on
-    /// the module, like PEFT).
-    pub fn saves_module(&self, module_path: &str) -> bool {
-        self.modules_to_save.as_ref().is_some_and(|mods| {
-            mods.iter().any(|m| {
-                module_path == m
-                    || module_path.ends_with(&format!(".{m}"))
-                    || module_path.starts_with(&format!("{m}."))
-                    || module_path.contains(&format!(".{m}."))
-            })
-        })
-    }
 }
 
-/// The `target_modules` shorthand for "every linear layer".
-pub const ALL_LINEAR: &str = "all-linear";
+/// Keys of PEFT 0.21.2's `LoraConfig` that switch on a LoRA variant lora-burn does not implement.
+/// A config with one of them set (anything but absent, `null`, `false` or empty) is refused with
+/// the key's name: run as plain LoRA, it would give other outputs than in PEFT.
+/// `qalora_group_size` only matters with `use_qalora`, and the `*_config` of the base-changing
+/// initialisations only with their `init_lora_weights` value, which is refused on its own.
+pub const UNSUPPORTED_VARIANT_KEYS: &[&str] = &[
+    "alora_invocation_tokens",
+    "arrow_config",
+    "kasa_config",
+    "layer_replication",
+    "lora_bias",
+    "megatron_config",
+    "monteclora_config",
+    "trainable_token_indices",
+    "use_bdlora",
+    "use_qalora",
+    "velora_config",
+];
+
+/// Refuses a config JSON that switches on one of [`UNSUPPORTED_VARIANT_KEYS`].
+fn check_variant_keys(value: &serde_json::Value) -> Result<()> {
+    for key in UNSUPPORTED_VARIANT_KEYS {
+        let on = match value.get(*key) {
+            None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => false,
+            Some(serde_json::Value::Array(a)) => !a.is_empty(),
+            Some(serde_json::Value::Object(o)) => !o.is_empty(),
+            Some(_) => true,
+        };
+        if on {
+            return Err(LoraError::Unsupported(format!(
+                "the LoRA variant switched on by `{key}` ({}): loading it as plain LoRA would give other outputs than PEFT",
+                value[*key]
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// `alpha / r`, or `alpha / sqrt(r)` for rsLoRA.
 pub fn scale(alpha: f64, r: usize, rslora: bool) -> f64 {
@@ -567,39 +610,4 @@ pub fn scale(alpha: f64, r: usize, rslora: bool) -> f64 {
     } else {
         alpha / r as f64
     }
-}
-
-fn compile(field: &str, pattern: &str) -> Result<Regex> {
-    Regex::new(pattern).map_err(|source| LoraError::Regex {
-        field: field.into(),
-        pattern: pattern.into(),
-        source,
-    })
-}
-
-fn pattern_regex(key: &str) -> String {
-    format!(r"^(?:.*\.)?(?:{key})$")
-}
-
-fn pattern_lookup<'a>(
-    field: &str,
-    keys: impl Iterator<Item = &'a String>,
-    path: &str,
-) -> Result<Option<&'a String>> {
-    for k in keys {
-        if compile(field, &pattern_regex(k))?.is_match(path) {
-            return Ok(Some(k));
-        }
-    }
-    Ok(None)
-}
-
-fn matches_targets(field: &str, t: &TargetModules, path: &str, is_linear: bool) -> Result<bool> {
-    Ok(match t {
-        TargetModules::Regex(p) if p == ALL_LINEAR => is_linear,
-        TargetModules::Regex(p) => compile(field, &format!("^(?:{p})$"))?.is_match(path),
-        TargetModules::List(list) => list
-            .iter()
-            .any(|t| t == path || path.ends_with(&format!(".{t}"))),
-    })
 }

@@ -104,8 +104,10 @@ impl LoraEmbedding {
             })
     }
 
-    /// The table with every active, unmerged adapter's update added: what a tied output head
-    /// multiplies by. `[num_embeddings, dim]`.
+    /// The table with every active, unmerged adapter's update added, `[num_embeddings, dim]`:
+    /// what PEFT's `ensure_weight_tying` gives a tied output head named `lm_head` when the
+    /// embedding is `embed_tokens`. (For GPT-2's `wte` and BERT's `word_embeddings` PEFT ties
+    /// nothing, so their heads use [`LoraLayer::base_weight`].)
     pub fn effective_weight(&self) -> Tensor<2> {
         let w = self.weight.val();
         if self.state.disabled {
@@ -280,6 +282,10 @@ impl LoraLayer for LoraEmbedding {
 
     fn base_id(&self) -> burn::module::ParamId {
         self.weight.id
+    }
+
+    fn base_weight(&self) -> Tensor<2> {
+        self.weight.val()
     }
 
     fn has_bias(&self) -> bool {

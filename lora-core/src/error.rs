@@ -26,15 +26,14 @@ pub enum LoraError {
         available: String,
     },
     /// A regular expression in the config does not compile.
-    #[error("invalid regex `{pattern}` in `{field}`: {source}")]
+    #[error("invalid regex `{pattern}` in `{field}`: {reason}")]
     Regex {
         /// The config field holding it.
         field: String,
         /// The pattern as written.
         pattern: String,
-        /// The regex crate's reason.
-        #[source]
-        source: regex::Error,
+        /// Why it was refused (a syntax error, or a construct Python reads differently).
+        reason: String,
     },
     /// A `LoraLinear`/`LoraEmbedding` of the model is not reachable through its `LoraSites`
     /// (usually a field missing from `lora_sites!`), so targets would silently skip it.
@@ -128,6 +127,23 @@ pub enum LoraError {
         /// The safetensors crate's reason.
         #[source]
         source: safetensors::SafeTensorError,
+    },
+    /// A PyTorch pickle file (`*.bin`) is malformed or holds what cannot be read.
+    #[error("cannot read PyTorch file {path}: {reason}")]
+    Pickle {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A tensor holds NaN or infinity: an adapter file's tensor, or a weight a merge would
+    /// produce (`safe_merge`).
+    #[error("`{key}` holds NaN or infinite values ({context})")]
+    NonFinite {
+        /// The tensor or parameter path.
+        key: String,
+        /// Where it came from.
+        context: String,
     },
     /// The requested device does not exist in this build or on this machine.
     #[error("{0}")]

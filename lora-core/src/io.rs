@@ -85,46 +85,70 @@ pub fn parse_safetensors<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors
     })
 }
 
-/// Converts one safetensors tensor to f32 (F32, F16, BF16, F64, and I64/I32 for token ids).
+/// Converts one safetensors tensor to f32 (see [`bytes_to_f32`] for the dtypes).
 pub fn view_to_host(key: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<HostTensor> {
-    let bytes = view.data();
-    let data: Vec<f32> = match view.dtype() {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-            .collect(),
-        // Integer tensors (token ids in fixtures) are exact in f32 below 2^24.
-        Dtype::I64 => bytes
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-            .collect(),
-        Dtype::I32 => bytes
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
-            .collect(),
-        other => {
-            return Err(LoraError::UnsupportedDtype {
-                key: key.to_string(),
-                dtype: format!("{other:?}"),
-            });
-        }
-    };
+    let dtype = format!("{:?}", view.dtype());
+    let data = bytes_to_f32(view.data(), &dtype).ok_or_else(|| LoraError::UnsupportedDtype {
+        key: key.to_string(),
+        dtype,
+    })?;
     Ok(HostTensor {
         shape: view.shape().to_vec(),
         data,
     })
+}
+
+/// Little-endian tensor bytes of dtype `dtype` (safetensors' / burn-store's name: F32, F16,
+/// BF16, F64, I64, I32, U8, Bool) as f32. Integers (token ids, masks) are exact below 2^24.
+/// `None` for other dtypes.
+pub fn bytes_to_f32(b: &[u8], dtype: &str) -> Option<Vec<f32>> {
+    fn le<const N: usize>(b: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+        b.chunks_exact(N).map(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            a
+        })
+    }
+    Some(match dtype {
+        "F32" => le::<4>(b).map(f32::from_le_bytes).collect(),
+        "F16" => le::<2>(b)
+            .map(|a| half::f16::from_le_bytes(a).to_f32())
+            .collect(),
+        "BF16" => le::<2>(b)
+            .map(|a| half::bf16::from_le_bytes(a).to_f32())
+            .collect(),
+        "F64" => le::<8>(b).map(|a| f64::from_le_bytes(a) as f32).collect(),
+        "I64" => le::<8>(b).map(|a| i64::from_le_bytes(a) as f32).collect(),
+        "I32" => le::<4>(b).map(|a| i32::from_le_bytes(a) as f32).collect(),
+        "U8" | "Bool" => b.iter().map(|&v| v as f32).collect(),
+        _ => return None,
+    })
+}
+
+/// Reads a PyTorch pickle state dict (`pytorch_model.bin`, `adapter_model.bin`) through
+/// burn-store's reader, every tensor as f32. A malformed file is a [`LoraError::Pickle`].
+pub fn read_pytorch(path: &Path) -> Result<std::collections::HashMap<String, HostTensor>> {
+    use burn::store::{ModuleStore, PytorchStore};
+    let err = |reason: String| LoraError::Pickle {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut store = PytorchStore::from_file(path);
+    let tensors = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
+    let mut out = std::collections::HashMap::new();
+    for (name, t) in tensors {
+        let bytes = t.to_bytes().map_err(|e| err(format!("{name}: {e}")))?;
+        let data = bytes_to_f32(&bytes, &format!("{:?}", t.dtype))
+            .ok_or_else(|| err(format!("{name}: unsupported dtype {:?}", t.dtype)))?;
+        out.insert(
+            name.clone(),
+            HostTensor {
+                shape: t.shape.to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Serialises f32 tensors as safetensors with the given metadata.

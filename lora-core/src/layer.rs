@@ -96,6 +96,9 @@ pub trait LoraLayer {
     fn device(&self) -> Device;
     /// The id of the base weight parameter (identifies the layer inside a module tree).
     fn base_id(&self) -> ParamId;
+    /// The base weight as stored, merged adapters folded in: `[d_in, d_out]` for a linear
+    /// layer, `[num_embeddings, dim]` for an embedding.
+    fn base_weight(&self) -> Tensor<2>;
     /// The DoRA magnitude `[d_out]` of the adapter, if it is a DoRA adapter.
     fn magnitude(&self, name: &str) -> Result<Option<Tensor<1>>> {
         let _ = name;
@@ -123,7 +126,9 @@ pub(crate) fn init_linear_factors(
     // kaiming_uniform(a = sqrt 5) on torch's [r, d_in] lora_A: bound = 1 / sqrt(fan_in = d_in).
     let bound = 1.0 / (d_in as f64).sqrt();
     match spec.init {
-        InitLoraWeights::Default => (
+        // Eva and orthogonal adapters are only loaded (their factors come from the file, and
+        // injection refuses to start one), so their initial values never matter.
+        InitLoraWeights::Default | InitLoraWeights::Eva | InitLoraWeights::Orthogonal => (
             Tensor::random([d_in, r], Distribution::Uniform(-bound, bound), device),
             Tensor::zeros([r, d_out], device),
         ),
@@ -153,7 +158,10 @@ pub(crate) fn init_embedding_factors(
     let r = spec.r;
     match spec.init {
         // PEFT uses this init for `gaussian` too: the option only concerns linear layers.
-        InitLoraWeights::Default | InitLoraWeights::Gaussian => (
+        InitLoraWeights::Default
+        | InitLoraWeights::Gaussian
+        | InitLoraWeights::Eva
+        | InitLoraWeights::Orthogonal => (
             Tensor::zeros([n, r], device),
             Tensor::random([r, dim], Distribution::Normal(0.0, 1.0), device),
         ),
@@ -162,6 +170,13 @@ pub(crate) fn init_embedding_factors(
             Tensor::random([r, dim], Distribution::Normal(0.0, 1.0), device),
         ),
     }
+}
+
+/// Whether every value of `t` is finite, with one scalar read (`x − x` is NaN exactly for
+/// NaN and ±∞, and a sum with a NaN is NaN).
+pub(crate) fn all_finite(t: Tensor<2>) -> bool {
+    let s: f32 = (t.clone() - t).sum().into_scalar();
+    s.is_finite()
 }
 
 pub(crate) fn check_shape(key: &str, t: &Tensor<2>, expected: [usize; 2]) -> Result<()> {

@@ -122,8 +122,10 @@ pub mod io;
 pub mod layer;
 pub mod linear;
 pub mod model;
+mod pyregex;
 pub mod report;
 pub mod sites;
+pub mod targeting;
 pub mod weight;
 
 pub use adapter::{
@@ -132,7 +134,8 @@ pub use adapter::{
     save_safetensors,
 };
 pub use config::{
-    AdapterSpec, BiasMode, CONFIG_FILE, InitLoraWeights, LoraConfig, OneOrMany, TargetModules,
+    AdapterSpec, BiasMode, CONFIG_FILE, InitLoraWeights, LoraConfig, OneOrMany, PatternMap,
+    TargetModules,
 };
 pub use embedding::{EmbeddingAdapter, LoraEmbedding, LoraEmbeddingConfig};
 pub use error::{LoraError, Result};

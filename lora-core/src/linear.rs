@@ -545,6 +545,10 @@ impl LoraLayer for LoraLinear {
         self.weight.id
     }
 
+    fn base_weight(&self) -> Tensor<2> {
+        self.weight.val()
+    }
+
     fn magnitude(&self, name: &str) -> Result<Option<Tensor<1>>> {
         Ok(self.adapter(name)?.magnitude.as_ref().map(|m| m.val()))
     }

@@ -147,6 +147,7 @@ pub fn inject_adapter_with<M: Module + LoraSites>(
     slices: &SliceFn<'_>,
 ) -> Result<M> {
     check_sites_listed(&model)?;
+    config.init_lora_weights.check_initialisable()?;
     let selected = select_targets(&model, config)?;
     let mut specs = Vec::with_capacity(selected.len());
     for (path, _) in &selected {
@@ -331,6 +332,31 @@ pub trait LoraModelExt: LoraSites {
     /// Folds `scale·A·B` of the adapter into the base weights (no-op where already merged).
     fn merge_adapter(&mut self, name: &str) -> Result<()> {
         for_adapter(self, name, |l| l.merge(name))
+    }
+    /// [`merge_adapter`](Self::merge_adapter), refused with [`LoraError::NonFinite`] when a
+    /// merged weight would hold NaN or infinity (PEFT's `safe_merge=True`). The model is
+    /// unchanged then.
+    fn safe_merge_adapter(&mut self, name: &str) -> Result<()>
+    where
+        Self: Clone,
+    {
+        let mut trial = self.clone();
+        trial.merge_adapter(name)?;
+        let mut bad = None;
+        trial.visit_lora_sites("", &mut |p, l| {
+            let carries = l.adapter_names().iter().any(|n| n == name);
+            if bad.is_none() && carries && !crate::layer::all_finite(l.base_weight()) {
+                bad = Some(p.to_string());
+            }
+        });
+        if let Some(key) = bad {
+            return Err(LoraError::NonFinite {
+                key,
+                context: format!("merging adapter `{name}` would give this weight; nothing merged"),
+            });
+        }
+        *self = trial;
+        Ok(())
     }
     /// Takes a merged adapter back out of the base weights (no-op where not merged).
     fn unmerge_adapter(&mut self, name: &str) -> Result<()> {

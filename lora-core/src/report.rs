@@ -37,6 +37,9 @@ pub struct ParamReport {
     pub trainable: usize,
     /// Total parameters (adapters included, as PEFT counts).
     pub total: usize,
+    /// `modules_to_save` entries that name no module of the model, so train nothing (PEFT
+    /// says nothing; we list them). The heads PEFT adds for the task type are left out.
+    pub unmatched_modules_to_save: Vec<String>,
 }
 
 impl ParamReport {
@@ -56,6 +59,7 @@ impl ParamReport {
                 }
             }
         }))
+        .with_unmatched(config)
     }
 
     /// Sums `(module, count, trains, is_lora)` rows per module.
@@ -81,7 +85,25 @@ impl ParamReport {
             trainable: modules.iter().map(|m| m.trainable).sum(),
             total: modules.iter().map(|m| m.total).sum(),
             modules,
+            unmatched_modules_to_save: Vec::new(),
         }
+    }
+
+    /// Fills [`unmatched_modules_to_save`](Self::unmatched_modules_to_save) from the module
+    /// paths of the rows and their ancestors.
+    pub(crate) fn with_unmatched(mut self, config: &LoraConfig) -> Self {
+        let mut paths = std::collections::BTreeSet::new();
+        for m in &self.modules {
+            let ancestors = m.module.match_indices('.').map(|(i, _)| &m.module[..i]);
+            paths.extend(ancestors.chain(std::iter::once(m.module.as_str())));
+        }
+        let heads = crate::targeting::task_head_modules(config.task_type.as_deref());
+        self.unmatched_modules_to_save = config
+            .unmatched_modules_to_save(paths.iter().copied())
+            .into_iter()
+            .filter(|m| !heads.contains(&m.as_str()))
+            .collect();
+        self
     }
 
     /// Trainable LoRA factor parameters.
@@ -98,14 +120,22 @@ impl ParamReport {
         }
     }
 
-    /// PEFT's one line: `trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364`.
+    /// PEFT's one line: `trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364`,
+    /// then, if any, the `modules_to_save` entries that matched nothing.
     pub fn summary(&self) -> String {
-        format!(
+        let mut line = format!(
             "trainable params: {} || all params: {} || trainable%: {:.4}",
             thousands(self.trainable),
             thousands(self.total),
             self.trainable_percent()
-        )
+        );
+        if !self.unmatched_modules_to_save.is_empty() {
+            line.push_str(&format!(
+                "\nmodules_to_save entries that match no module (nothing of them trains): {}",
+                self.unmatched_modules_to_save.join(", ")
+            ));
+        }
+        line
     }
 }
 

@@ -113,48 +113,8 @@ pub fn read_weights(dir: &Path) -> Result<(PathBuf, HashMap<String, HostTensor>)
 
 /// Reads a PyTorch pickle state dict (`pytorch_model.bin`) through burn-store's reader.
 pub fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>> {
-    use burn::store::{ModuleStore, PytorchStore};
-    let err = |reason: String| ModelError::Pickle {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut store = PytorchStore::from_file(path);
-    let tensors = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
-    let mut out = HashMap::new();
-    for (name, t) in tensors {
-        let bytes = t.to_bytes().map_err(|e| err(format!("{name}: {e}")))?;
-        let shape: Vec<usize> = t.shape.to_vec();
-        let data = bytes_to_f32(&bytes, &format!("{:?}", t.dtype))
-            .ok_or_else(|| err(format!("{name}: unsupported dtype {:?}", t.dtype)))?;
-        out.insert(name.clone(), HostTensor { shape, data });
-    }
-    Ok(out)
-}
-
-fn bytes_to_f32(b: &[u8], dtype: &str) -> Option<Vec<f32>> {
-    Some(match dtype {
-        "F32" => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        "F16" => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        "BF16" => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        "F64" => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-        // Integer buffers (e.g. position_ids) are not weights; callers drop them by name.
-        "I64" => b
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-        "Bool" | "U8" => b.iter().map(|&v| v as f32).collect(),
-        _ => return None,
+    lora_core::io::read_pytorch(path).map_err(|e| match e {
+        lora_core::LoraError::Pickle { path, reason } => ModelError::Pickle { path, reason },
+        other => other.into(),
     })
 }

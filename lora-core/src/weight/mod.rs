@@ -69,7 +69,7 @@ mod sites;
 pub use files::{adapter_state, load_adapter, save_adapter};
 pub use ops::{
     adapter_names, delete_adapter, inject_adapter, merge_adapter, merge_and_unload, report,
-    set_active_adapters, set_adapters_disabled, unload, unmerge_adapter,
+    safe_merge_adapter, set_active_adapters, set_adapters_disabled, unload, unmerge_adapter,
 };
 pub use paths::PathMap;
 pub use reparam::{AdapterFactors, AdapterMeta, Layout, SetInfo, WeightLora};

@@ -151,6 +151,7 @@ pub fn inject_adapter<M: Module>(
     map: &PathMap,
 ) -> Result<M> {
     config.validate()?;
+    config.init_lora_weights.check_initialisable()?;
     if config.lora_dropout > 0.0 {
         return Err(LoraError::Unsupported(format!(
             "lora_dropout = {} on weight-level adapters: dropout acts on a layer's input, which a \
@@ -318,7 +319,7 @@ pub fn adapter_names<M: Module>(model: &M) -> Vec<String> {
 fn edit_sets<M: Module>(
     model: M,
     name: Option<&str>,
-    mut f: impl FnMut(&mut Tensor<3>, &mut WeightLora) -> Result<bool>,
+    mut f: impl FnMut(&str, &mut Tensor<3>, &mut WeightLora) -> Result<bool>,
 ) -> Result<M> {
     let found = scan(&model, &PathMap::identity());
     if let Some(n) = name
@@ -336,7 +337,7 @@ fn edit_sets<M: Module>(
         let Some(mut w) = values.get(path).cloned() else {
             continue;
         };
-        let changed = f(&mut w, &mut lora)?;
+        let changed = f(path, &mut w, &mut lora)?;
         let base = changed.then_some(w);
         edits.insert(
             path.clone(),
@@ -352,7 +353,7 @@ fn edit_sets<M: Module>(
 /// Folds adapter `name` into the base weights wherever it is (no-op where already merged).
 /// DoRA adapters become `(m/‖W+ΔW‖)⊙(W+ΔW)`, and the norm is kept to undo it.
 pub fn merge_adapter<M: Module>(model: M, name: &str) -> Result<M> {
-    edit_sets(model, Some(name), |w, lora| {
+    edit_sets(model, Some(name), |_, w, lora| {
         let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
             return Ok(false);
         };
@@ -360,9 +361,29 @@ pub fn merge_adapter<M: Module>(model: M, name: &str) -> Result<M> {
     })
 }
 
+/// [`merge_adapter`] on a copy of `model`, refused with [`LoraError::NonFinite`] when a merged
+/// weight would hold NaN or infinity (PEFT's `safe_merge=True`); `model` itself is untouched.
+pub fn safe_merge_adapter<M: Module>(model: &M, name: &str) -> Result<M> {
+    edit_sets(model.clone(), Some(name), |path, w, lora| {
+        let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
+            return Ok(false);
+        };
+        let changed = merge_one(w, lora, i);
+        // `x − x` is NaN exactly for NaN and ±∞; one scalar read per weight.
+        let probe: f32 = (w.clone() - w.clone()).sum().into_scalar();
+        if changed && !probe.is_finite() {
+            return Err(LoraError::NonFinite {
+                key: path.to_string(),
+                context: format!("merging adapter `{name}` would give this weight; nothing merged"),
+            });
+        }
+        Ok(changed)
+    })
+}
+
 /// Takes merged adapter `name` back out of the base weights (no-op where not merged).
 pub fn unmerge_adapter<M: Module>(model: M, name: &str) -> Result<M> {
-    edit_sets(model, Some(name), |w, lora| {
+    edit_sets(model, Some(name), |_, w, lora| {
         let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
             return Ok(false);
         };
@@ -419,7 +440,7 @@ pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M> {
             adapter: n.to_string(),
         });
     }
-    edit_sets(model, None, |w, lora| {
+    edit_sets(model, None, |_, w, lora| {
         let mut changed = false;
         for i in 0..lora.metas.len() {
             let active = names.contains(&lora.metas[i].name.as_str());
@@ -434,7 +455,7 @@ pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M> {
 
 /// Turns every adapter off (the base model's output; merged ones are unmerged first) or back on.
 pub fn set_adapters_disabled<M: Module>(model: M, disabled: bool) -> Result<M> {
-    edit_sets(model, None, |w, lora| {
+    edit_sets(model, None, |_, w, lora| {
         let mut changed = false;
         if disabled {
             for i in 0..lora.metas.len() {
@@ -449,7 +470,7 @@ pub fn set_adapters_disabled<M: Module>(model: M, disabled: bool) -> Result<M> {
 /// Removes adapter `name` from every parameter (unmerging it first where merged); a parameter
 /// left without adapters becomes plain.
 pub fn delete_adapter<M: Module>(model: M, name: &str) -> Result<M> {
-    edit_sets(model, Some(name), |w, lora| {
+    edit_sets(model, Some(name), |_, w, lora| {
         let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
             return Ok(false);
         };
@@ -504,5 +525,5 @@ pub fn report<M: Module>(model: &M, config: &LoraConfig, map: &PathMap) -> Param
             false,
         ));
     }
-    ParamReport::from_params(rows.into_iter())
+    ParamReport::from_params(rows.into_iter()).with_unmatched(config)
 }

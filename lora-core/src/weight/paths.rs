@@ -40,10 +40,10 @@ impl PathMap {
             .map(|(pattern, to)| {
                 Regex::new(pattern)
                     .map(|re| (re, to.to_string()))
-                    .map_err(|source| LoraError::Regex {
+                    .map_err(|e| LoraError::Regex {
                         field: "PathMap".into(),
                         pattern: pattern.to_string(),
-                        source,
+                        reason: e.to_string(),
                     })
             })
             .collect::<Result<_>>()?;

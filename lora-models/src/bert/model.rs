@@ -592,10 +592,11 @@ impl RobertaLMHead {
     /// - `hidden`: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn forward(&self, hidden: Tensor<3>, word_embeddings: &LoraEmbedding) -> Tensor<3> {
         let x = self.layer_norm.forward(gelu(self.dense.forward(hidden)));
-        // Tied decoder: the input table (with its LoRA update, if any), transposed.
+        // Tied decoder: the stored input table, transposed. As in PEFT 0.21.2, an unmerged LoRA
+        // on the word embeddings changes the lookup only; merged, the decoder sees it too.
         linear_rows(
             x,
-            word_embeddings.effective_weight().transpose(),
+            word_embeddings.base_weight().transpose(),
             Some(self.bias.val()),
         )
     }

@@ -6,7 +6,7 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-use lora_core::{LoraEmbedding, LoraLinear, linear_rows, lora_sites};
+use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, linear_rows, lora_sites};
 
 use super::config::{Activation, Gpt2Config};
 use crate::error::{ModelError, Result};
@@ -400,12 +400,9 @@ impl Gpt2LmHeadModel {
         let (hidden, cache) = self
             .transformer
             .forward(ids, attention_mask, position_ids, cache)?;
-        // Tied head: the same table as the input embedding (with its LoRA update, if any).
-        let logits = linear_rows(
-            hidden,
-            self.transformer.wte.effective_weight().transpose(),
-            None,
-        );
+        // Tied head: the stored `wte` table. As in PEFT 0.21.2, an unmerged LoRA on `wte` changes
+        // the input lookup only; merged, it is in the table and so in the head too.
+        let logits = linear_rows(hidden, self.transformer.wte.base_weight().transpose(), None);
         Ok((logits, cache))
     }
 }

@@ -366,7 +366,16 @@ fn query_value_adapter_exports_as_equivalent_peft_adapter() {
         &host(ours.clone()),
         1e-5,
     );
-    // Leave our logits for the PEFT-side check.
+    leave_for_peft(&dir, &r, ours);
+}
+
+/// Leaves our logits beside an exported adapter for the PEFT-side check
+/// (`python scripts/make_gpt2_fixtures.py --check-adapter DIR`).
+fn leave_for_peft(
+    dir: &std::path::Path,
+    r: &std::collections::HashMap<String, HostTensor>,
+    ours: Tensor<3>,
+) {
     let v = ours.dims()[2];
     let head = host(ours.narrow(2, 0, 256.min(v)));
     let tensors = vec![
@@ -378,9 +387,44 @@ fn query_value_adapter_exports_as_equivalent_peft_adapter() {
     let bytes = lora_core::io::serialize_safetensors(&tensors, &[("format", "pt")], &path).unwrap();
     std::fs::write(&path, bytes).unwrap();
     eprintln!(
-        "q/v adapter for PEFT: python scripts/make_gpt2_fixtures.py --check-adapter {}",
+        "adapter for PEFT: python scripts/make_gpt2_fixtures.py --check-adapter {}",
         dir.display()
     );
+}
+
+/// The q/v export pins rank and alpha per module with escaped-path keys. A user's own `c_attn`
+/// keys sort before those, and the first matching key wins on reload (here and in PEFT): the
+/// pinned keys must still win.
+#[test]
+fn q_v_export_wins_over_a_users_own_pattern_keys() {
+    let device = Device::flex();
+    device.seed(7);
+    let (base, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+    let mut lora = LoraConfig::new(4, 32.0, &["c_attn"]).with_init(InitLoraWeights::Random);
+    lora.rank_pattern.insert("c_attn", 4);
+    lora.alpha_pattern.insert("c_attn", 16.0);
+    let (model, cfg) =
+        inject_gpt2_lora(base.clone(), &lora, "default", CAttnMode::QueryValue).unwrap();
+    let r = load("gpt2/reference-a.safetensors");
+    let ids = int2(&r["right.ids"], &device);
+    let mask = int2(&r["right.mask"], &device);
+    let ours = model.forward(ids.clone(), Some(mask.clone())).unwrap();
+    let dir = export_dir("gpt2_qv_adapter_user_patterns");
+    std::fs::create_dir_all(&dir).unwrap();
+    save_adapter(&model, &cfg, "default", &dir).unwrap();
+    let saved = LoraConfig::load(&dir).unwrap();
+    assert_eq!(
+        saved.rank_pattern.keys().next(),
+        Some(r"(?:)transformer\.h\.0\.attn\.c_attn")
+    );
+    assert_eq!(
+        saved.spec_for("transformer.h.0.attn.c_attn").unwrap().alpha,
+        32.0
+    );
+    let (reloaded, _) = load_adapter(&base, &dir, "default").unwrap();
+    let again = reloaded.forward(ids, Some(mask)).unwrap();
+    crate::common::assert_close("reloaded", &host(again), &host(ours.clone()), 1e-5);
+    leave_for_peft(&dir, &r, ours);
 }
 
 #[test]

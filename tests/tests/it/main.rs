@@ -8,5 +8,7 @@ mod core_layers;
 mod core_targeting;
 mod encoder;
 mod gpt2;
+mod peft_files;
+mod peft_oracle;
 mod train;
 mod weight;

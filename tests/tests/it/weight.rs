@@ -303,6 +303,36 @@ fn adapters_switch_merge_and_delete_on_a_plain_model() {
 
 /// Trainability: adapters train, base weights are frozen, `modules_to_save` and `bias` select
 /// base parameters as PEFT does, and the report counts it all.
+/// PEFT's `safe_merge`: a merge that would overflow is refused and the model stays as it was.
+#[test]
+fn safe_merge_refuses_a_non_finite_merge_on_a_plain_model() {
+    let device = Device::flex();
+    let base = PlainMlp::new(&device);
+    let config = LoraConfig::new(2, 4.0, &["fc1"]).with_init(InitLoraWeights::Random);
+    let m = weight::inject_adapter(base.clone(), &config, "a", &PathMap::identity()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    weight::save_adapter(&m, &config, "a", dir.path(), &PathMap::identity()).unwrap();
+    let file = dir.path().join(lora_core::ADAPTER_FILE);
+    let mut tensors: Vec<_> = lora_core::read_safetensors(&file)
+        .unwrap()
+        .into_iter()
+        .collect();
+    for (_, t) in &mut tensors {
+        t.data.iter_mut().for_each(|v| *v = 1e30); // finite, but A·B overflows f32
+    }
+    lora_core::save_safetensors(&file, &tensors).unwrap();
+    let (big, _) = weight::load_adapter(&base, dir.path(), "a", &PathMap::identity()).unwrap();
+    let e = weight::safe_merge_adapter(&big, "a").unwrap_err();
+    assert!(
+        matches!(&e, LoraError::NonFinite { key, .. } if key.contains("fc1")),
+        "{e}"
+    );
+    // The sound adapter merges as a plain merge does.
+    let safe = weight::safe_merge_adapter(&m, "a").unwrap();
+    let plain = weight::merge_adapter(m, "a").unwrap();
+    assert_eq!(base_values(&safe), base_values(&plain));
+}
+
 #[test]
 fn trainability_and_report_on_a_plain_model() {
     let device = Device::flex().autodiff();
@@ -919,8 +949,8 @@ fn target_rules_apply_to_burn_paths() {
     let mut config = LoraConfig::new(4, 8.0, &["query", "value"]);
     config.layers_to_transform = Some(lora_core::OneOrMany::Many(vec![1]));
     config.layers_pattern = Some(lora_core::OneOrMany::One("layers".into()));
-    config.rank_pattern.insert("value".into(), 2);
-    config.alpha_pattern.insert("value".into(), 6.0);
+    config.rank_pattern.insert("value", 2);
+    config.alpha_pattern.insert("value", 6.0);
     let m = weight::inject_adapter(model.clone(), &config, "default", &id).unwrap();
     let found = weight::scan(&m, &id);
     let sites: Vec<(String, usize, f64)> = found

@@ -1,0 +1,124 @@
+"""PEFT 0.21.2 adapter files of the kinds lora-burn must load, with PEFT's logits for each.
+
+Writes fixtures/peft/ (base model: fixtures/gpt2/tiny-a; adapter: fixtures/gpt2/peft-c_attn):
+  c_attn-bin/          the c_attn adapter saved with safe_serialization=False (adapter_model.bin)
+  c_attn-fp16/         the same adapter after peft_model.half(): fp16 factors in safetensors
+  c_attn-bf16/         ... bf16 factors
+  wte-tied-false/      LoRA on wte and c_attn (random B), ensure_weight_tying=False (PEFT's default)
+  wte-tied-true/       the same factors, ensure_weight_tying=True. PEFT 0.21.2 only ties modules
+                       named embed_tokens/lm_head, so for GPT-2's wte the flag changes nothing: the
+                       tied LM head keeps the base table until the adapter is merged
+  files-reference.safetensors
+      ids, mask                      the batch every logit below is for
+      <dir>.logits                   PEFT's logits (first 512 ids) with that adapter on fp32 tiny-a
+      wte-tied-false.merged.logits   after PEFT's merge_and_unload (the tied head sees the update)
+  files-reference.json  the keys PEFT saved in each directory
+
+Run: /work/venv/bin/python scripts/make_peft_file_fixtures.py
+"""
+
+import json
+import os
+import shutil
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import GPT2LMHeadModel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "..", "fixtures")
+BASE = os.path.join(FIX, "gpt2", "tiny-a")
+ADAPTER = os.path.join(FIX, "gpt2", "peft-c_attn")
+OUT = os.path.join(FIX, "peft")
+
+
+def base():
+    return GPT2LMHeadModel.from_pretrained(BASE, attn_implementation="eager").eval()
+
+
+def batch():
+    g = torch.Generator().manual_seed(5)
+    vocab = base().config.vocab_size
+    ids = torch.randint(0, vocab, (2, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    return ids, mask
+
+
+VOCAB_SLICE = 512  # logits kept for the first ids only: the fixture stays small
+
+
+def logits_of(model, ids, mask):
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    return logits[..., :VOCAB_SLICE].contiguous()
+
+
+def save(peft_model, name, **kwargs):
+    d = os.path.join(OUT, name)
+    shutil.rmtree(d, ignore_errors=True)
+    peft_model.save_pretrained(d, **kwargs)
+    os.remove(os.path.join(d, "README.md"))
+    for f in ("adapter_model.safetensors", "adapter_model.bin"):
+        p = os.path.join(d, f)
+        if os.path.exists(p):
+            keys = load_file(p).keys() if f.endswith("safetensors") else torch.load(p).keys()
+            return sorted(keys)
+    raise RuntimeError(f"nothing saved in {d}")
+
+
+def reload_logits(name, ids, mask):
+    """PEFT's own load of the directory just written, on a fresh fp32 base."""
+    model = PeftModel.from_pretrained(base(), os.path.join(OUT, name)).eval()
+    return logits_of(model, ids, mask)
+
+
+def file_kinds(ids, mask, ref, keys):
+    peft_model = PeftModel.from_pretrained(base(), ADAPTER).eval()
+    keys["c_attn-bin"] = save(peft_model, "c_attn-bin", safe_serialization=False)
+    ref["c_attn-bin.logits"] = reload_logits("c_attn-bin", ids, mask)
+    for name, dtype in (("c_attn-fp16", torch.float16), ("c_attn-bf16", torch.bfloat16)):
+        half = PeftModel.from_pretrained(base(), ADAPTER).to(dtype).eval()
+        keys[name] = save(half, name)
+        ref[f"{name}.logits"] = reload_logits(name, ids, mask)
+
+
+def tied(ids, mask, ref, keys):
+    for flag in (False, True):
+        name = f"wte-tied-{str(flag).lower()}"
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["wte", "c_attn"], fan_in_fan_out=True,
+                         init_lora_weights=False, ensure_weight_tying=flag, task_type="CAUSAL_LM")
+        torch.manual_seed(23)
+        peft_model = get_peft_model(base(), cfg).eval()
+        with torch.no_grad():
+            # init_lora_weights=False draws both embedding factors from N(0, 1): an update ~100×
+            # the table. Shrink it so the logits stay at the base model's scale.
+            for n, p in peft_model.named_parameters():
+                if "lora_embedding" in n:
+                    p.mul_(0.1)
+        keys[name] = save(peft_model, name)
+        ref[f"{name}.logits"] = logits_of(peft_model, ids, mask)
+        assert torch.allclose(reload_logits(name, ids, mask), ref[f"{name}.logits"], atol=1e-6)
+        if flag:
+            assert torch.equal(ref[f"{name}.logits"], ref["wte-tied-false.logits"])
+        else:
+            merged = peft_model.merge_and_unload().eval()
+            ref[f"{name}.merged.logits"] = logits_of(merged, ids, mask)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    ids, mask = batch()
+    ref = {"ids": ids.to(torch.int64), "mask": mask.to(torch.int64)}
+    keys = {}
+    file_kinds(ids, mask, ref, keys)
+    tied(ids, mask, ref, keys)
+    save_file(ref, os.path.join(OUT, "files-reference.safetensors"))
+    with open(os.path.join(OUT, "files-reference.json"), "w") as f:
+        json.dump({"peft_version": "0.21.2", "keys": keys}, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

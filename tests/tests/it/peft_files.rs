@@ -1,0 +1,137 @@
+//! PEFT adapter files of every kind PEFT 0.21.2 writes, against PEFT's own logits
+//! (`scripts/make_peft_file_fixtures.py`): pickle (`adapter_model.bin`), fp16 and bf16 factors,
+//! LoRA on GPT-2's tied `wte`; and the guards on non-finite values (at load, and `safe_merge`).
+
+use burn::prelude::*;
+use lora_core::io::HostTensor;
+use lora_core::{
+    LoraError, LoraModelExt, LoraSites, load_adapter, read_safetensors, save_safetensors,
+};
+use lora_models::gpt2::Gpt2LmHeadModel;
+
+use crate::common::{assert_close, fixture, host, ids, load};
+
+const VOCAB_SLICE: usize = 512;
+
+fn base(device: &Device) -> Gpt2LmHeadModel {
+    Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), device)
+        .unwrap()
+        .0
+}
+
+/// PEFT's batch, and our logits for it (first 512 ids, as stored).
+fn logits(model: &Gpt2LmHeadModel, device: &Device) -> HostTensor {
+    let r = load("peft/files-reference.safetensors");
+    let (ids, mask) = (ids(&r["ids"], device), ids(&r["mask"], device));
+    let [b, s] = ids.dims();
+    let out = model.forward(ids, Some(mask)).unwrap();
+    host(out.slice([0..b, 0..s, 0..VOCAB_SLICE]))
+}
+
+#[test]
+fn pickle_fp16_and_bf16_adapters_give_pefts_logits() {
+    let device = Device::flex();
+    let reference = load("peft/files-reference.safetensors");
+    for kind in ["c_attn-bin", "c_attn-fp16", "c_attn-bf16"] {
+        let (model, config) =
+            load_adapter(&base(&device), fixture(&format!("peft/{kind}")), "default").unwrap();
+        assert_eq!(config.r, 4, "{kind}");
+        let ours = logits(&model, &device);
+        assert_close(kind, &ours, &reference[&format!("{kind}.logits")], 1e-4);
+    }
+}
+
+#[test]
+fn a_lora_on_tied_wte_changes_the_head_only_once_merged() {
+    let device = Device::flex();
+    let reference = load("peft/files-reference.safetensors");
+    // PEFT 0.21.2 ties adapters only for modules named embed_tokens/lm_head: for GPT-2's wte,
+    // `ensure_weight_tying` changes nothing, and the head keeps the stored table.
+    for flag in ["false", "true"] {
+        let dir = fixture(&format!("peft/wte-tied-{flag}"));
+        let (mut model, config) = load_adapter(&base(&device), dir, "default").unwrap();
+        assert_eq!(config.ensure_weight_tying, flag == "true");
+        let ours = logits(&model, &device);
+        let want = &reference["wte-tied-false.logits"];
+        assert_close(&format!("unmerged, tying {flag}"), &ours, want, 1e-4);
+        model.merge_adapter("default").unwrap();
+        let merged = logits(&model, &device);
+        let want = &reference["wte-tied-false.merged.logits"];
+        assert_close(&format!("merged, tying {flag}"), &merged, want, 1e-4);
+    }
+}
+
+/// A copy of the c_attn adapter with every value of the tensors whose key contains `part`
+/// replaced by `value`.
+fn poisoned(part: &str, value: f32) -> tempfile::TempDir {
+    let src = fixture("gpt2/peft-c_attn");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("adapter_config.json"),
+        dir.path().join("adapter_config.json"),
+    )
+    .unwrap();
+    let mut tensors: Vec<(String, HostTensor)> =
+        read_safetensors(src.join("adapter_model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (k, t) in &mut tensors {
+        if k.contains(part) {
+            t.data.iter_mut().for_each(|v| *v = value);
+        }
+    }
+    save_safetensors(dir.path().join("adapter_model.safetensors"), &tensors).unwrap();
+    dir
+}
+
+#[test]
+fn non_finite_adapter_tensors_are_refused_at_load() {
+    let device = Device::flex();
+    for bad in [f32::NAN, f32::INFINITY] {
+        let dir = poisoned("h.1.attn.c_attn.lora_B.weight", bad);
+        let e = load_adapter(&base(&device), dir.path(), "default").unwrap_err();
+        assert!(
+            matches!(&e, LoraError::NonFinite { key, .. } if key.ends_with("h.1.attn.c_attn.lora_B.weight")),
+            "{e}"
+        );
+    }
+}
+
+/// Every site's stored weight.
+fn base_weights(model: &Gpt2LmHeadModel) -> Vec<HostTensor> {
+    let mut out = Vec::new();
+    model.visit_lora_sites("", &mut |_, l| out.push(host(l.base_weight())));
+    out
+}
+
+#[test]
+fn safe_merge_refuses_an_overflowing_merge_and_leaves_the_model_unchanged() {
+    let device = Device::flex();
+    // Finite factors whose product overflows f32: the file loads, a plain merge gives ±∞.
+    let dir = poisoned(".attn.c_attn.lora_", 1e30);
+    let (mut model, _) = load_adapter(&base(&device), dir.path(), "default").unwrap();
+    let before = base_weights(&model);
+    let e = model.safe_merge_adapter("default").unwrap_err();
+    assert!(
+        matches!(&e, LoraError::NonFinite { key, .. } if key.contains("c_attn")),
+        "{e}"
+    );
+    assert_eq!(
+        base_weights(&model),
+        before,
+        "the failed merge changed the model"
+    );
+    model.visit_lora_sites("", &mut |p, l| {
+        assert!(l.merged_adapters().is_empty(), "{p}")
+    });
+
+    // A sound adapter merges the same way with or without the check.
+    let (mut safe, _) =
+        load_adapter(&base(&device), fixture("gpt2/peft-c_attn"), "default").unwrap();
+    let mut plain = safe.clone();
+    safe.safe_merge_adapter("default").unwrap();
+    plain.merge_adapter("default").unwrap();
+    assert_eq!(logits(&safe, &device), logits(&plain, &device));
+}
