@@ -777,6 +777,56 @@ def run_model_case(name, fixture_cls, task_type, kwargs):
     return rec
 
 
+def adapter_state(peft_model):
+    """What a user of several adapters observes: per LoRA layer, its adapters and which of them
+    are active; and the parameter counts of print_trainable_parameters."""
+    layers = {}
+    for name, m in peft_model.base_model.model.named_modules():
+        if isinstance(m, LoraLayer):
+            have = sorted(set(m.lora_A.keys()) | set(m.lora_embedding_A.keys()))
+            layers[name] = {"adapters": have, "active": [a for a in m.active_adapters if a in have]}
+    params = list(peft_model.named_parameters())
+    return {
+        "layers": layers,
+        "trainable": sum(p.numel() for _, p in params if p.requires_grad),
+        "lora_trainable": sum(p.numel() for n, p in params if p.requires_grad and "lora_" in n),
+        "total": sum(p.numel() for _, p in params),
+    }
+
+
+# Adapter configs of the multi-adapter sequence (rank, alpha, targets).
+MULTI_A = {"r": 2, "lora_alpha": 4, "target_modules": ["c_attn"]}
+MULTI_B = {"r": 3, "lora_alpha": 3, "target_modules": ["c_attn", "c_fc"]}
+
+
+def make_multi_adapter():
+    """PEFT's multi-adapter rules on tiny-a: add_adapter, set_adapter, delete_adapter, bias."""
+    steps = []
+    pm = get_peft_model(build("gpt2/tiny-a", "GPT2LMHeadModel"), LoraConfig(**MULTI_A), adapter_name="a")
+    steps.append({"op": "inject a", "state": adapter_state(pm)})
+    pm.add_adapter("b", LoraConfig(**MULTI_B))
+    steps.append({"op": "add b", "state": adapter_state(pm)})
+    pm.base_model.set_adapter(["a", "b"])
+    steps.append({"op": "activate a b", "state": adapter_state(pm)})
+    pm.base_model.set_adapter("a")
+    steps.append({"op": "activate a", "state": adapter_state(pm)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm.delete_adapter("a")
+    steps.append({"op": "delete a", "state": adapter_state(pm)})
+    bias = []
+    for first, second in (("all", "lora_only"), ("all", "none"), ("none", "all")):
+        pm = get_peft_model(build("gpt2/tiny-a", "GPT2LMHeadModel"),
+                            LoraConfig(**MULTI_A, bias=first), adapter_name="a")
+        try:
+            pm.add_adapter("b", LoraConfig(**MULTI_B, bias=second))
+            error = None
+        except ValueError as e:
+            error = str(e)
+        bias.append({"first": first, "second": second, "error": error})
+    return {"a": MULTI_A, "b": MULTI_B, "steps": steps, "bias": bias}
+
+
 def main():
     # PEFT's error messages print sets (e.g. "Target modules {'value', 'query'} not found"), whose order
     # depends on string hashing: pin it so the output is reproducible.
@@ -793,6 +843,7 @@ def main():
         "regex_cases": make_regex_cases(),
         "lora_config_fields": make_lora_config_fields(),
         "models": [run_model_case(*case) for case in MODEL_CASES],
+        "multi_adapter": make_multi_adapter(),
     }
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:

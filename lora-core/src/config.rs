@@ -306,6 +306,8 @@ pub struct AdapterSpec {
     pub init: InitLoraWeights,
     /// Weight-decomposed LoRA (DoRA, `use_dora`): a trained per-output magnitude.
     pub dora: bool,
+    /// The config's `bias` (PEFT allows one adapter with a value other than `none` per model).
+    pub bias: BiasMode,
 }
 
 impl LoraConfig {

@@ -41,6 +41,8 @@ pub struct EmbeddingAdapterMeta {
     pub scale: f64,
     /// Whether the update is folded into the table.
     pub merged: bool,
+    /// The config's `bias` setting.
+    pub bias: crate::config::BiasMode,
 }
 
 /// One embedding adapter: `ΔE = scale · A · B`, A `[num_embeddings, r]`, B `[r, dim]`.
@@ -188,6 +190,7 @@ impl LoraLayer for LoraEmbedding {
                 r: spec.r,
                 scale: spec.scale,
                 merged: false,
+                bias: spec.bias,
             },
         });
         self.state.active.push(name.to_string());
@@ -286,6 +289,10 @@ impl LoraLayer for LoraEmbedding {
 
     fn base_weight(&self) -> Tensor<2> {
         self.weight.val()
+    }
+
+    fn adapter_bias(&self, name: &str) -> Result<crate::config::BiasMode> {
+        Ok(self.adapters[self.index(name)?].meta.bias)
     }
 
     fn has_bias(&self) -> bool {

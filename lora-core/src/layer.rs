@@ -5,7 +5,7 @@ use burn::module::ParamId;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use crate::config::{AdapterSpec, InitLoraWeights};
+use crate::config::{AdapterSpec, BiasMode, InitLoraWeights};
 use crate::error::{LoraError, Result};
 
 /// The kind of base layer an adapter sits on; decides key names in PEFT files.
@@ -99,6 +99,8 @@ pub trait LoraLayer {
     /// The base weight as stored, merged adapters folded in: `[d_in, d_out]` for a linear
     /// layer, `[num_embeddings, dim]` for an embedding.
     fn base_weight(&self) -> Tensor<2>;
+    /// The `bias` setting of the config adapter `name` was added with.
+    fn adapter_bias(&self, name: &str) -> Result<BiasMode>;
     /// The DoRA magnitude `[d_out]` of the adapter, if it is a DoRA adapter.
     fn magnitude(&self, name: &str) -> Result<Option<Tensor<1>>> {
         let _ = name;

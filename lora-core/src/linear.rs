@@ -77,6 +77,8 @@ pub struct AdapterMeta {
     /// For a merged DoRA adapter: the per-output norms of `W + ΔW` the merge divided by, kept
     /// to undo it exactly (PEFT caches the same).
     pub dora_norm: Option<Tensor<1>>,
+    /// The config's `bias` setting.
+    pub bias: crate::config::BiasMode,
 }
 
 /// One adapter on a linear layer: `ΔW = scale · A · B`, with A `[d_in, k·r]` and one
@@ -414,6 +416,7 @@ impl LoraLayer for LoraLinear {
                 merged: false,
                 slices: sorted,
                 dora_norm: None,
+                bias: spec.bias,
             },
         };
         if spec.dora {
@@ -547,6 +550,10 @@ impl LoraLayer for LoraLinear {
 
     fn base_weight(&self) -> Tensor<2> {
         self.weight.val()
+    }
+
+    fn adapter_bias(&self, name: &str) -> Result<crate::config::BiasMode> {
+        Ok(self.adapters[self.adapter_index(name)?].meta.bias)
     }
 
     fn magnitude(&self, name: &str) -> Result<Option<Tensor<1>>> {

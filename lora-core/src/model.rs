@@ -148,6 +148,7 @@ pub fn inject_adapter_with<M: Module + LoraSites>(
 ) -> Result<M> {
     check_sites_listed(&model)?;
     config.init_lora_weights.check_initialisable()?;
+    check_one_bias_adapter(&model, config, name)?;
     let selected = select_targets(&model, config)?;
     let mut specs = Vec::with_capacity(selected.len());
     for (path, _) in &selected {
@@ -168,16 +169,56 @@ pub fn inject_adapter_with<M: Module + LoraSites>(
             adapter: name.to_string(),
         });
     }
+    // PEFT's `add_adapter`: only a model's first adapter starts active; later ones are added
+    // inactive (and so frozen) until `set_active_adapters` names them.
+    let first = adapted_paths(&model, None).is_empty();
     let mut model = model;
     model.visit_lora_sites_mut("", &mut |p, l| match specs.iter().find(|(s, _)| s == p) {
-        Some((_, spec)) => match slices(p, l.dims()) {
-            Some(ranges) => l.add_sliced_adapter(name, spec, &ranges),
-            None => l.add_adapter(name, spec),
+        Some((_, spec)) => {
+            let before = l.active();
+            match slices(p, l.dims()) {
+                Some(ranges) => l.add_sliced_adapter(name, spec, &ranges),
+                None => l.add_adapter(name, spec),
+            }
+            .and_then(|()| if first { Ok(()) } else { l.set_active(&before) })
+            .map_err(|e| at(e, p))
         }
-        .map_err(|e| at(e, p)),
         None => Ok(()),
     })?;
-    Ok(apply_trainability(model, config))
+    Ok(if first {
+        apply_trainability(model, config)
+    } else {
+        sync_adapter_grads(model)
+    })
+}
+
+/// PEFT allows one adapter per model whose config has `bias` other than `none`.
+fn check_one_bias_adapter<M: LoraSites + ?Sized>(
+    model: &M,
+    config: &LoraConfig,
+    name: &str,
+) -> Result<()> {
+    if config.bias == BiasMode::None {
+        return Ok(());
+    }
+    let mut other = None;
+    model.visit_lora_sites("", &mut |_, l| {
+        for n in l.adapter_names() {
+            if n != name && l.adapter_bias(&n).is_ok_and(|b| b != BiasMode::None) {
+                other.get_or_insert(n);
+            }
+        }
+    });
+    match other {
+        None => Ok(()),
+        Some(o) => Err(LoraError::config(
+            "bias",
+            format!(
+                "adapter `{o}` already trains biases; only one adapter per model may have bias \
+                 other than \"none\" (as in PEFT)"
+            ),
+        )),
+    }
 }
 
 /// Sets which parameters train: every adapter factor, plus the biases `config.bias` selects and
@@ -185,14 +226,65 @@ pub fn inject_adapter_with<M: Module + LoraSites>(
 /// optimizer state).
 pub fn apply_trainability<M: Module + LoraSites>(model: M, config: &LoraConfig) -> M {
     let policy = TrainPolicy::new(&model, config);
+    map_trainability(model, Some(&policy))
+}
+
+/// Sets which adapter factors train: those of active adapters (PEFT's `set_adapter`). Other
+/// parameters keep their setting.
+pub fn sync_adapter_grads<M: Module + LoraSites>(model: M) -> M {
+    map_trainability(model, None)
+}
+
+fn map_trainability<M: Module + LoraSites>(model: M, policy: Option<&TrainPolicy>) -> M {
     let mut mapper = TrainMapper {
         walk: PathWalk::default(),
-        policy: &policy,
+        policy,
+        active: active_slots(&model),
         model: &model,
     };
     let mapped = model.clone().map(&mut mapper);
     drop(mapper);
     mapped
+}
+
+/// `(burn path of the site, adapter index)` of every active adapter. Sites are found by their
+/// base weight's id, since [`LoraSites`] may name a site differently from its burn path.
+fn active_slots<M: Module + LoraSites>(model: &M) -> BTreeSet<(String, usize)> {
+    let mut active_by_base = std::collections::HashMap::new();
+    model.visit_lora_sites("", &mut |_, l| {
+        let active = l.active();
+        let slots: Vec<usize> = (l.adapter_names().iter().enumerate())
+            .filter(|(_, n)| active.contains(n))
+            .map(|(i, _)| i)
+            .collect();
+        active_by_base.insert(l.base_id(), slots);
+    });
+    struct V<'a> {
+        walk: PathWalk,
+        active_by_base: &'a std::collections::HashMap<ParamId, Vec<usize>>,
+        out: BTreeSet<(String, usize)>,
+    }
+    impl ModuleVisitor for V<'_> {
+        fn enter_module(&mut self, name: &str, kind: &str) {
+            self.walk.enter(name, kind);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.walk.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(slots) = self.active_by_base.get(&param.id) {
+                let site = self.walk.path[..self.walk.path.len().saturating_sub(1)].join(".");
+                self.out.extend(slots.iter().map(|&i| (site.clone(), i)));
+            }
+        }
+    }
+    let mut v = V {
+        walk: PathWalk::default(),
+        active_by_base: &active_by_base,
+        out: BTreeSet::new(),
+    };
+    model.visit(&mut v);
+    v.out
 }
 
 /// Decides whether a non-adapter parameter trains under a config.
@@ -286,6 +378,16 @@ impl PathWalk {
         let i = self.path.iter().position(|s| s == "adapters")?;
         Some(self.path[..i].join("."))
     }
+    /// The site path and adapter index (in the site's `adapters` list) of the adapter
+    /// parameter being visited.
+    pub fn adapter_slot(&self) -> Option<(String, usize)> {
+        if !self.in_adapter() {
+            return None;
+        }
+        let i = self.path.iter().position(|s| s == "adapters")?;
+        let index = self.path.get(i + 1)?.parse().ok()?;
+        Some((self.path[..i].join("."), index))
+    }
     /// The container type of the module that owns the current parameter.
     pub fn owner_kind(&self) -> &str {
         // burn enters each field with the type of the struct holding it, so the innermost
@@ -300,7 +402,9 @@ impl PathWalk {
 
 struct TrainMapper<'a, M: LoraSites> {
     walk: PathWalk,
-    policy: &'a TrainPolicy,
+    /// `None`: leave parameters outside adapters as they are.
+    policy: Option<&'a TrainPolicy>,
+    active: BTreeSet<(String, usize)>,
     model: &'a M,
 }
 
@@ -312,9 +416,12 @@ impl<M: LoraSites> ModuleMapper for TrainMapper<'_, M> {
         self.walk.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let trains = self.walk.in_adapter() || {
-            let hf = self.model.hf_param_path(&self.walk.torch_path());
-            self.policy.trains(&hf)
+        let trains = match (self.walk.adapter_slot(), self.policy) {
+            (Some(slot), _) => self.active.contains(&slot),
+            (None, Some(policy)) => {
+                policy.trains(&self.model.hf_param_path(&self.walk.torch_path()))
+            }
+            (None, None) => return param,
         };
         let mut param = param.set_require_grad(trains);
         if trains {
@@ -380,9 +487,12 @@ pub trait LoraModelExt: LoraSites {
             Ok(())
         })
     }
-    /// Makes exactly `names` active on each site (each site keeps those it has). Errors if a
-    /// name exists on no site.
-    fn set_active_adapters(&mut self, names: &[&str]) -> Result<()> {
+    /// Makes exactly `names` active on each site (each site keeps those it has); only active
+    /// adapters train, as with PEFT's `set_adapter`. Errors if a name exists on no site.
+    fn set_active_adapters(&mut self, names: &[&str]) -> Result<()>
+    where
+        Self: Module + Sized,
+    {
         for n in names {
             if adapted_paths(self, Some(n)).is_empty() {
                 return Err(LoraError::UnknownAdapter {
@@ -399,7 +509,9 @@ pub trait LoraModelExt: LoraSites {
                 .map(|n| n.to_string())
                 .collect();
             l.set_active(&keep).map_err(|e| at(e, p))
-        })
+        })?;
+        *self = sync_adapter_grads(self.clone());
+        Ok(())
     }
     /// Turns all adapters off (the base model's output) or back on.
     fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()> {
@@ -407,9 +519,23 @@ pub trait LoraModelExt: LoraSites {
             l.set_disabled(disabled).map_err(|e| at(e, p))
         })
     }
-    /// Removes the adapter from every site.
-    fn delete_adapter(&mut self, name: &str) -> Result<()> {
-        for_adapter(self, name, |l| l.remove_adapter(name))
+    /// Removes the adapter from every site. If it was the last active one, each site
+    /// activates its alphabetically first remaining adapter (PEFT's `delete_adapter`).
+    fn delete_adapter(&mut self, name: &str) -> Result<()>
+    where
+        Self: Module + Sized,
+    {
+        for_adapter(self, name, |l| l.remove_adapter(name))?;
+        let mut any_active = false;
+        self.visit_lora_sites("", &mut |_, l| any_active |= !l.active().is_empty());
+        if !any_active {
+            self.visit_lora_sites_mut("", &mut |p, l| match l.adapter_names().into_iter().min() {
+                Some(first) => l.set_active(&[first]).map_err(|e| at(e, p)),
+                None => Ok(()),
+            })?;
+        }
+        *self = sync_adapter_grads(self.clone());
+        Ok(())
     }
 }
 
@@ -465,6 +591,8 @@ pub struct ParamInfo {
     pub shape: Vec<usize>,
     /// `Some(site)` for adapter factors: the site path owning them.
     pub adapter_site: Option<String>,
+    /// For adapter factors: whether their adapter is active at that site (only those train).
+    pub adapter_active: bool,
     /// Container type of the owning module, e.g. `Struct:Linear`.
     pub owner: String,
 }
@@ -474,6 +602,7 @@ pub fn visit_params<M: Module + LoraSites>(model: &M) -> Vec<ParamInfo> {
     struct V<'a, M: LoraSites> {
         walk: PathWalk,
         out: Vec<ParamInfo>,
+        active: BTreeSet<(String, usize)>,
         model: &'a M,
     }
     impl<M: LoraSites> ModuleVisitor for V<'_, M> {
@@ -492,11 +621,16 @@ pub fn visit_params<M: Module + LoraSites>(model: &M) -> Vec<ParamInfo> {
             } else {
                 None
             };
+            let adapter_active = self
+                .walk
+                .adapter_slot()
+                .is_some_and(|slot| self.active.contains(&slot));
             self.out.push(ParamInfo {
                 hf_path: self.model.hf_param_path(&self.walk.torch_path()),
                 burn_path,
                 shape: param.lazy_shape().to_vec(),
                 adapter_site,
+                adapter_active,
                 owner: self.walk.owner_kind().to_string(),
             });
         }
@@ -504,6 +638,7 @@ pub fn visit_params<M: Module + LoraSites>(model: &M) -> Vec<ParamInfo> {
     let mut v = V {
         walk: PathWalk::default(),
         out: Vec::new(),
+        active: active_slots(model),
         model,
     };
     model.visit(&mut v);

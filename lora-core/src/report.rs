@@ -49,7 +49,7 @@ impl ParamReport {
         Self::from_params(visit_params(model).into_iter().map(|p| {
             let n: usize = p.shape.iter().product();
             match &p.adapter_site {
-                Some(site) => (site.clone(), n, true, true),
+                Some(site) => (site.clone(), n, p.adapter_active, true),
                 None => {
                     let module = p
                         .hf_path
@@ -76,7 +76,7 @@ impl ParamReport {
             if trains {
                 row.trainable += n;
             }
-            if lora {
+            if lora && trains {
                 row.lora += n;
             }
         }

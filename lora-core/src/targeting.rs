@@ -251,6 +251,7 @@ impl LoraConfig {
             dropout: self.lora_dropout,
             init: self.init_lora_weights,
             dora: self.use_dora,
+            bias: self.bias,
         })
     }
 

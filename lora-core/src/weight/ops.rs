@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 
-use crate::config::{AdapterSpec, LoraConfig, TargetModules};
+use crate::config::{AdapterSpec, BiasMode, LoraConfig, TargetModules};
 use crate::error::{LoraError, Result};
 use crate::layer::{init_embedding_factors, init_linear_factors};
 use crate::model::{PathWalk, TrainPolicy};
@@ -16,7 +16,7 @@ use crate::report::ParamReport;
 
 use super::paths::PathMap;
 use super::reparam::{AdapterFactors, AdapterMeta, Layout, WeightLora, dora_norm};
-use super::sites::{BaseParam, Edit, Scan, apply_trainability, rebuild, scan};
+use super::sites::{BaseParam, Edit, Scan, apply_trainability, rebuild, scan, sync_adapter_grads};
 
 /// One parameter `config` selects.
 pub(crate) struct Target {
@@ -139,8 +139,8 @@ fn no_target(scan: &Scan, config: &LoraConfig, parameters: &[String]) -> LoraErr
 
 /// Attaches adapter `name` to every parameter `config` selects (PEFT's `get_peft_model` /
 /// `add_adapter`) on any burn module, then freezes everything except the adapters and what
-/// `bias` and `modules_to_save` select. The new adapter is active alongside those already
-/// there.
+/// `bias` and `modules_to_save` select. As in PEFT, only a model's first adapter starts active;
+/// later ones are added inactive (and frozen) until [`set_active_adapters`] names them.
 ///
 /// Targets are matched against the paths `map` gives (see [`PathMap`]). All checks run before
 /// the model is touched.
@@ -161,6 +161,8 @@ pub fn inject_adapter<M: Module>(
         )));
     }
     let found = scan(&model, map);
+    check_one_bias_adapter(&found, config, name)?;
+    let first = found.adapter_names().is_empty();
     let targets = select(&found, config)?;
     for t in &targets {
         if let Some(l) = found.sites.get(&t.param.burn_path)
@@ -206,13 +208,40 @@ pub fn inject_adapter<M: Module>(
             name: name.to_string(),
             r: t.spec.r,
             scale: t.spec.scale,
-            active: true,
+            active: first,
             merged: false,
+            bias: config.bias,
         });
     }
     let model = rebuild(model, edits);
+    if !first {
+        return Ok(sync_adapter_grads(model));
+    }
     let adapted = scan(&model, map).adapted_modules();
     Ok(apply_trainability(model, config, map, adapted))
+}
+
+/// PEFT allows one adapter per model whose config has `bias` other than `none`.
+fn check_one_bias_adapter(found: &Scan, config: &LoraConfig, name: &str) -> Result<()> {
+    if config.bias == BiasMode::None {
+        return Ok(());
+    }
+    let other = found
+        .sites
+        .values()
+        .flat_map(|l| &l.metas)
+        .find(|m| m.name != name && m.bias != BiasMode::None);
+    match other {
+        None => Ok(()),
+        Some(o) => Err(LoraError::config(
+            "bias",
+            format!(
+                "adapter `{}` already trains biases; only one adapter per model may have bias \
+                 other than \"none\" (as in PEFT)",
+                o.name
+            ),
+        )),
+    }
 }
 
 /// Fresh factors following PEFT's init for the layout (and DoRA's magnitude `‖W + ΔW‖`).
@@ -245,6 +274,7 @@ fn init_factors(lora: &WeightLora, t: &Target, w: Tensor<3>, dora: bool) -> Adap
             scale: t.spec.scale,
             active: true,
             merged: false,
+            bias: t.spec.bias,
         };
         let delta = lora.delta_of(&factors, &meta).detach();
         let d_out = s[1];
@@ -440,7 +470,7 @@ pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M> {
             adapter: n.to_string(),
         });
     }
-    edit_sets(model, None, |_, w, lora| {
+    let model = edit_sets(model, None, |_, w, lora| {
         let mut changed = false;
         for i in 0..lora.metas.len() {
             let active = names.contains(&lora.metas[i].name.as_str());
@@ -450,7 +480,8 @@ pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M> {
             lora.metas[i].active = active;
         }
         Ok(changed)
-    })
+    })?;
+    Ok(sync_adapter_grads(model))
 }
 
 /// Turns every adapter off (the base model's output; merged ones are unmerged first) or back on.
@@ -470,7 +501,7 @@ pub fn set_adapters_disabled<M: Module>(model: M, disabled: bool) -> Result<M> {
 /// Removes adapter `name` from every parameter (unmerging it first where merged); a parameter
 /// left without adapters becomes plain.
 pub fn delete_adapter<M: Module>(model: M, name: &str) -> Result<M> {
-    edit_sets(model, Some(name), |_, w, lora| {
+    let model = edit_sets(model, Some(name), |_, w, lora| {
         let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
             return Ok(false);
         };
@@ -478,7 +509,25 @@ pub fn delete_adapter<M: Module>(model: M, name: &str) -> Result<M> {
         lora.adapters.remove(i);
         lora.metas.remove(i);
         Ok(changed)
-    })
+    })?;
+    // PEFT: the last active adapter gone, each site activates its alphabetically first one.
+    let found = scan(&model, &PathMap::identity());
+    if found
+        .sites
+        .values()
+        .flat_map(|l| &l.metas)
+        .any(|m| m.active)
+    {
+        return Ok(sync_adapter_grads(model));
+    }
+    let model = edit_sets(model, None, |_, _, lora| {
+        let first = lora.metas.iter_mut().min_by(|a, b| a.name.cmp(&b.name));
+        if let Some(m) = first {
+            m.active = true;
+        }
+        Ok(false)
+    })?;
+    Ok(sync_adapter_grads(model))
 }
 
 /// Folds every active adapter into the base weights and removes all adapters: an ordinary
@@ -498,20 +547,19 @@ pub fn unload<M: Module>(model: M) -> Result<M> {
 }
 
 /// PEFT's trainable-parameter report for a model adapted with [`inject_adapter`], under
-/// `config` and `map` (adapters count as trainable, like PEFT; base parameters as `config`
-/// says).
+/// `config` and `map` (active adapters train, like PEFT; base parameters as `config` says).
 pub fn report<M: Module>(model: &M, config: &LoraConfig, map: &PathMap) -> ParamReport {
     let found = scan(model, map);
     let mut rows = Vec::new();
     for (path, lora) in &found.sites {
         let module = found.module_of(path);
-        for f in &lora.adapters {
+        for (f, meta) in lora.adapters.iter().zip(&lora.metas) {
             let n = f.lora_a.lazy_shape().num_elements()
                 + f.lora_b.lazy_shape().num_elements()
                 + f.magnitude
                     .as_ref()
                     .map_or(0, |m| m.lazy_shape().num_elements());
-            rows.push((module.clone(), n, true, true));
+            rows.push((module.clone(), n, meta.active, true));
         }
     }
     let adapted = found.adapted_modules();

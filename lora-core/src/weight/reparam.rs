@@ -12,6 +12,8 @@ use std::cell::Cell;
 use burn::module::{Devices, Module, ModuleMapper, ModuleVisitor, Param, Reparameterization};
 use burn::prelude::*;
 
+use crate::config::BiasMode;
+
 /// How the adapter's factors map onto the adapted parameter.
 ///
 /// Factors are stored in PEFT's orientation everywhere (`lora_a`: `[r·E, in]`,
@@ -65,6 +67,8 @@ pub struct AdapterMeta {
     pub active: bool,
     /// Whether its update is folded into the stored base value.
     pub merged: bool,
+    /// The config's `bias` setting (PEFT allows one adapter with bias per model).
+    pub bias: BiasMode,
 }
 
 /// Marker that starts every encoded [`AdapterMeta`]; anything else is not ours.
@@ -72,16 +76,17 @@ const META_PREFIX: &str = "lora-burn:adapter;";
 
 impl AdapterMeta {
     /// The container-type string under which visitors see the adapter:
-    /// `lora-burn:adapter;layout=linear;experts=1;r=4;scale=2;active=1;merged=0;disabled=0`.
+    /// `lora-burn:adapter;layout=linear;experts=1;r=4;scale=2;active=1;merged=0;disabled=0;bias=none`.
     pub fn encode(&self, layout: Layout, experts: usize, disabled: bool) -> String {
         format!(
-            "{META_PREFIX}layout={};experts={experts};r={};scale={:e};active={};merged={};disabled={}",
+            "{META_PREFIX}layout={};experts={experts};r={};scale={:e};active={};merged={};disabled={};bias={}",
             layout.tag(),
             self.r,
             self.scale,
             self.active as u8,
             self.merged as u8,
-            disabled as u8
+            disabled as u8,
+            bias_tag(self.bias),
         )
     }
 
@@ -90,6 +95,7 @@ impl AdapterMeta {
         let body = container.strip_prefix(META_PREFIX)?;
         let (mut layout, mut r, mut scale, mut experts) = (None, None, None, None);
         let (mut active, mut merged, mut disabled) = (false, false, false);
+        let mut bias = BiasMode::None;
         for field in body.split(';') {
             let (k, v) = field.split_once('=')?;
             match k {
@@ -100,6 +106,7 @@ impl AdapterMeta {
                 "active" => active = v == "1",
                 "merged" => merged = v == "1",
                 "disabled" => disabled = v == "1",
+                "bias" => bias = bias_from_tag(v)?,
                 _ => {}
             }
         }
@@ -109,6 +116,7 @@ impl AdapterMeta {
             scale: scale?,
             active,
             merged,
+            bias,
         };
         let set = SetInfo {
             layout: layout?,
@@ -116,6 +124,23 @@ impl AdapterMeta {
             disabled,
         };
         Some((meta, set))
+    }
+}
+
+fn bias_tag(b: BiasMode) -> &'static str {
+    match b {
+        BiasMode::None => "none",
+        BiasMode::All => "all",
+        BiasMode::LoraOnly => "lora_only",
+    }
+}
+
+fn bias_from_tag(tag: &str) -> Option<BiasMode> {
+    match tag {
+        "none" => Some(BiasMode::None),
+        "all" => Some(BiasMode::All),
+        "lora_only" => Some(BiasMode::LoraOnly),
+        _ => None,
     }
 }
 

@@ -249,16 +249,25 @@ pub(crate) fn apply_trainability<M: Module>(
     let policy = TrainPolicy::from_sites(config, adapted_modules);
     let mut mapper = Trainability {
         walk: PathWalk::default(),
-        policy: &policy,
-        map,
+        policy: Some((&policy, map)),
+    };
+    model.map(&mut mapper)
+}
+
+/// Sets which adapter factors train: those of active adapters (PEFT's `set_adapter`). Other
+/// parameters keep their setting.
+pub(crate) fn sync_adapter_grads<M: Module>(model: M) -> M {
+    let mut mapper = Trainability {
+        walk: PathWalk::default(),
+        policy: None,
     };
     model.map(&mut mapper)
 }
 
 struct Trainability<'a> {
     walk: PathWalk,
-    policy: &'a TrainPolicy,
-    map: &'a PathMap,
+    /// `None`: leave parameters outside adapters as they are.
+    policy: Option<(&'a TrainPolicy, &'a PathMap)>,
 }
 
 impl ModuleMapper for Trainability<'_> {
@@ -269,17 +278,18 @@ impl ModuleMapper for Trainability<'_> {
         self.walk.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        // Every factor of every adapter trains; the DoRA merge cache never does.
-        let in_adapter = self.walk.path.last().is_some_and(|l| l != "merge_norm")
-            && self
-                .walk
-                .kinds
-                .iter()
-                .any(|k| AdapterMeta::decode("", k).is_some());
-        let trains = in_adapter
-            || self
-                .policy
-                .trains(&self.map.to_peft(&self.walk.torch_path()));
+        // The factors of active adapters train; the DoRA merge cache never does.
+        let adapter = self
+            .walk
+            .kinds
+            .iter()
+            .find_map(|k| AdapterMeta::decode("", k).map(|(m, _)| m.active));
+        let cache = self.walk.path.last().is_some_and(|l| l == "merge_norm");
+        let trains = match (adapter, self.policy) {
+            (Some(active), _) => active && !cache,
+            (None, Some((policy, map))) => policy.trains(&map.to_peft(&self.walk.torch_path())),
+            (None, None) => return param,
+        };
         let mut param = param.set_require_grad(trains);
         if trains {
             param.id = stable_id(&self.walk.path.join("."));

@@ -22,6 +22,7 @@ fn spec(r: usize, alpha: f64, init: InitLoraWeights) -> AdapterSpec {
         dropout: 0.0,
         init,
         dora: false,
+        bias: lora_core::BiasMode::None,
     }
 }
 

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 
 use burn::module::Module;
 use burn::prelude::*;
-use lora_core::{LoraConfig, LoraError, LoraSites, PatternMap, adapted_paths, adapter_state};
+use lora_core::{
+    LoraConfig, LoraError, LoraModelExt, LoraSites, PatternMap, adapted_paths, adapter_state,
+};
 use lora_models::bert::{
     BertForSequenceClassification, EncoderCheckpoint, RobertaForMaskedLM,
     RobertaForSequenceClassification,
@@ -322,5 +324,68 @@ fn variant_keys_are_refused_by_name() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(init) && e.contains("base weights"), "{e}");
+    }
+}
+
+/// Per LoRA site, its adapters and the active ones, and the report's counts (PEFT's view).
+fn observed(model: &Gpt2LmHeadModel, config: &LoraConfig) -> Value {
+    let mut layers = serde_json::Map::new();
+    model.visit_lora_sites("", &mut |p, l| {
+        let mut have = l.adapter_names();
+        if have.is_empty() {
+            return;
+        }
+        have.sort();
+        let active: Vec<String> = l.active();
+        layers.insert(
+            p.to_string(),
+            serde_json::json!({ "adapters": have, "active": active }),
+        );
+    });
+    let report = lora_core::ParamReport::new(model, config);
+    serde_json::json!({
+        "layers": layers,
+        "trainable": report.trainable,
+        "lora_trainable": report.lora_params(),
+        "total": report.total,
+    })
+}
+
+/// PEFT's multi-adapter rules on tiny-a, step by step: a later adapter starts inactive and
+/// frozen, the report counts active adapters only, deleting the active adapter activates the
+/// first remaining one, and only one adapter may have `bias` other than `none`.
+#[test]
+fn multi_adapter_rules_match_peft() {
+    let v = oracle();
+    let multi = &v["multi_adapter"];
+    let device = Device::flex();
+    let base = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device)
+        .unwrap()
+        .0;
+    let a = config_of(&multi["a"]).unwrap();
+    let b = config_of(&multi["b"]).unwrap();
+    let mut model = lora_core::inject_adapter(base.clone(), &a, "a").unwrap();
+    let steps = multi["steps"].as_array().unwrap();
+    for step in steps {
+        match step["op"].as_str().unwrap() {
+            "inject a" => {}
+            "add b" => model = lora_core::inject_adapter(model, &b, "b").unwrap(),
+            "activate a b" => model.set_active_adapters(&["a", "b"]).unwrap(),
+            "activate a" => model.set_active_adapters(&["a"]).unwrap(),
+            "delete a" => model.delete_adapter("a").unwrap(),
+            other => panic!("unknown step {other}"),
+        }
+        assert_eq!(observed(&model, &a), step["state"], "after {}", step["op"]);
+    }
+    for case in multi["bias"].as_array().unwrap() {
+        let with_bias = |c: &LoraConfig, mode: &Value| {
+            let mut json = serde_json::to_value(c).unwrap();
+            json["bias"] = mode.clone();
+            LoraConfig::from_json(&json.to_string()).unwrap()
+        };
+        let first = lora_core::inject_adapter(base.clone(), &with_bias(&a, &case["first"]), "a");
+        let second =
+            lora_core::inject_adapter(first.unwrap(), &with_bias(&b, &case["second"]), "b");
+        assert_eq!(second.is_err(), !case["error"].is_null(), "{case}");
     }
 }

@@ -229,8 +229,20 @@ fn adapters_switch_merge_and_delete_on_a_plain_model() {
         .with_init(random)
         .with_rslora(true);
     let m = weight::inject_adapter(base.clone(), &a, "a", &PathMap::identity()).unwrap();
+    let y_a = host(m.forward(ids(&device)));
     let m = weight::inject_adapter(m, &b, "b", &PathMap::identity()).unwrap();
     assert_eq!(weight::adapter_names(&m), ["a", "b"]);
+    // As PEFT's `add_adapter`: a later adapter starts inactive and frozen.
+    assert_close("b added", &host(m.forward(ids(&device))), &y_a, 0.0);
+    // The report (PEFT's count) includes only active adapters: a on fc1 (8·2 + 2·16).
+    let lora_params = |m: &PlainMlp| weight::report(m, &b, &PathMap::identity()).lora_params();
+    assert_eq!(lora_params(&m), 48);
+    // PEFT's `delete_adapter`: the only active adapter gone, the first remaining one is active.
+    let only_b_left = weight::delete_adapter(m.clone(), "a").unwrap();
+    let b_params = 8 * 3 + 3 * 16 + 16 * 3 + 3 * 3;
+    assert_eq!(lora_params(&only_b_left), b_params);
+    let m = weight::set_active_adapters(m, &["a", "b"]).unwrap();
+    assert_eq!(lora_params(&m), 48 + b_params);
     assert!(matches!(
         weight::inject_adapter(m.clone(), &a, "a", &PathMap::identity()),
         Err(LoraError::DuplicateAdapter { .. })
@@ -239,6 +251,12 @@ fn adapters_switch_merge_and_delete_on_a_plain_model() {
 
     let only_b = weight::set_active_adapters(m.clone(), &["b"]).unwrap();
     let y_b = host(only_b.forward(ids(&device)));
+    assert_close(
+        "deleting the active adapter activates b",
+        &host(only_b_left.forward(ids(&device))),
+        &y_b,
+        1e-6,
+    );
     // "a" alone is "a" injected alone: its file carries the same factors.
     let dir = tempfile::tempdir().unwrap();
     weight::save_adapter(&m, &a, "a", dir.path(), &PathMap::identity()).unwrap();
@@ -301,8 +319,6 @@ fn adapters_switch_merge_and_delete_on_a_plain_model() {
     assert_close("unload", &host(unloaded.forward(ids(&device))), &y0, 0.0);
 }
 
-/// Trainability: adapters train, base weights are frozen, `modules_to_save` and `bias` select
-/// base parameters as PEFT does, and the report counts it all.
 /// PEFT's `safe_merge`: a merge that would overflow is refused and the model stays as it was.
 #[test]
 fn safe_merge_refuses_a_non_finite_merge_on_a_plain_model() {
@@ -333,6 +349,8 @@ fn safe_merge_refuses_a_non_finite_merge_on_a_plain_model() {
     assert_eq!(base_values(&safe), base_values(&plain));
 }
 
+/// Trainability: adapters train, base weights are frozen, `modules_to_save` and `bias` select
+/// base parameters as PEFT does, and the report counts it all.
 #[test]
 fn trainability_and_report_on_a_plain_model() {
     let device = Device::flex().autodiff();
