@@ -12,6 +12,12 @@ Writes fixtures/peft/ (base model: fixtures/gpt2/tiny-a; adapter: fixtures/gpt2/
       ids, mask                      the batch every logit below is for
       <dir>.logits                   PEFT's logits (first 512 ids) with that adapter on fp32 tiny-a
       wte-tied-false.merged.logits   after PEFT's merge_and_unload (the tied head sees the update)
+  weighted-x/, weighted-y/   two adapters on tiny-a (x: c_attn r 2; y: c_attn, c_fc and wte r 2)
+  weighted-reference.safetensors
+      <kind>.<module>.lora_A / .lora_B   the factors add_weighted_adapter(["x", "y"], [0.7, -0.4])
+                                         wrote (linear sites), for kind linear, cat, svd (rank 2),
+                                         svd3 (svd_rank 3)
+      <kind>.logits                      logits with only that combined adapter active
   files-reference.json  the keys PEFT saved in each directory
 
 Run: /work/venv/bin/python scripts/make_peft_file_fixtures.py
@@ -20,6 +26,7 @@ Run: /work/venv/bin/python scripts/make_peft_file_fixtures.py
 import json
 import os
 import shutil
+import sys
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -107,7 +114,54 @@ def tied(ids, mask, ref, keys):
             ref[f"{name}.merged.logits"] = logits_of(merged, ids, mask)
 
 
+WEIGHTS = [0.7, -0.4]
+COMBINATIONS = {"linear": {"combination_type": "linear"}, "cat": {"combination_type": "cat"},
+                "svd": {"combination_type": "svd"}, "svd3": {"combination_type": "svd", "svd_rank": 3}}
+
+
+def weighted(ids, mask):
+    configs = {
+        "x": LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True,
+                        init_lora_weights=False),
+        "y": LoraConfig(r=2, lora_alpha=8, target_modules=["c_attn", "c_fc", "wte"], fan_in_fan_out=True,
+                        init_lora_weights=False),
+    }
+    torch.manual_seed(31)
+    pm = get_peft_model(base(), configs["x"], adapter_name="x").eval()
+    pm.add_adapter("y", configs["y"])
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_embedding" in n:
+                p.mul_(0.1)  # see tied(): keep the update at the table's scale
+    for name in configs:
+        d = os.path.join(OUT, f"weighted-{name}")
+        shutil.rmtree(d, ignore_errors=True)
+        pm.save_pretrained(d, selected_adapters=[name])
+        # save_pretrained puts non-default adapters in a subdirectory named after them.
+        sub = os.path.join(d, name)
+        if os.path.isdir(sub):
+            for f in os.listdir(sub):
+                shutil.move(os.path.join(sub, f), os.path.join(d, f))
+            os.rmdir(sub)
+        os.remove(os.path.join(d, "README.md"))
+    ref = {}
+    for kind, kwargs in COMBINATIONS.items():
+        pm.add_weighted_adapter(["x", "y"], WEIGHTS, kind, **kwargs)
+        pm.set_adapter(kind)
+        ref[f"{kind}.logits"] = logits_of(pm, ids, mask)
+        for n, p in pm.named_parameters():
+            # The embedding's factors (vocab-sized) are covered by the logits only.
+            if f".{kind}" in n and "lora_" in n and "wte" not in n:
+                module = n.removeprefix("base_model.model.").split(".lora_")[0]
+                leaf = "lora_A" if ".lora_A." in n or "lora_embedding_A" in n else "lora_B"
+                ref[f"{kind}.{module}.{leaf}"] = p.detach().float().contiguous()
+    return ref
+
+
 def main():
+    # PEFT writes target_modules from a set, whose order depends on string hashing.
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "PYTHONHASHSEED": "0"})
     os.makedirs(OUT, exist_ok=True)
     ids, mask = batch()
     ref = {"ids": ids.to(torch.int64), "mask": mask.to(torch.int64)}
@@ -115,6 +169,7 @@ def main():
     file_kinds(ids, mask, ref, keys)
     tied(ids, mask, ref, keys)
     save_file(ref, os.path.join(OUT, "files-reference.safetensors"))
+    save_file(weighted(ids, mask), os.path.join(OUT, "weighted-reference.safetensors"))
     with open(os.path.join(OUT, "files-reference.json"), "w") as f:
         json.dump({"peft_version": "0.21.2", "keys": keys}, f, indent=1, sort_keys=True)
         f.write("\n")

@@ -114,12 +114,14 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod combine;
 pub mod config;
 pub mod device;
 pub mod embedding;
 pub mod error;
 pub mod io;
 pub mod layer;
+mod linalg;
 pub mod linear;
 pub mod model;
 mod pyregex;
@@ -133,6 +135,7 @@ pub use adapter::{
     export_state_dict, load_adapter, load_state_dict, read_safetensors, save_adapter,
     save_safetensors,
 };
+pub use combine::{Combination, add_weighted_adapter};
 pub use config::{
     AdapterSpec, BiasMode, CONFIG_FILE, InitLoraWeights, LoraConfig, OneOrMany, PatternMap,
     TargetModules,

@@ -5,7 +5,8 @@
 use burn::prelude::*;
 use lora_core::io::HostTensor;
 use lora_core::{
-    LoraError, LoraModelExt, LoraSites, load_adapter, read_safetensors, save_safetensors,
+    Combination, LoraError, LoraModelExt, LoraSites, add_weighted_adapter, load_adapter,
+    read_safetensors, save_safetensors,
 };
 use lora_models::gpt2::Gpt2LmHeadModel;
 
@@ -134,4 +135,97 @@ fn safe_merge_refuses_an_overflowing_merge_and_leaves_the_model_unchanged() {
     safe.safe_merge_adapter("default").unwrap();
     plain.merge_adapter("default").unwrap();
     assert_eq!(logits(&safe, &device), logits(&plain, &device));
+}
+
+/// PEFT's `add_weighted_adapter(["x", "y"], [0.7, -0.4], kind)` on tiny-a, for each combination:
+/// the same factors (linear, cat) or the same update (svd, whose factors are unique only up to
+/// signs), and the same logits with the result active.
+#[test]
+fn weighted_adapters_match_pefts_add_weighted_adapter() {
+    let device = Device::flex();
+    let reference = load("peft/weighted-reference.safetensors");
+    let (x, x_config) = load_adapter(&base(&device), fixture("peft/weighted-x"), "x").unwrap();
+    let (xy, _) = load_adapter(&x, fixture("peft/weighted-y"), "y").unwrap();
+    for (kind, combination) in [
+        ("linear", Combination::Linear),
+        ("cat", Combination::Cat),
+        ("svd", Combination::Svd { rank: None }),
+        ("svd3", Combination::Svd { rank: Some(3) }),
+    ] {
+        let (mut model, config) = add_weighted_adapter(
+            xy.clone(),
+            &[("x", 0.7), ("y", -0.4)],
+            kind,
+            combination,
+            &x_config,
+        )
+        .unwrap();
+        let want_rank = match kind {
+            "cat" => 4,
+            "svd3" => 3,
+            _ => 2,
+        };
+        assert_eq!((config.r, config.lora_alpha), (want_rank, want_rank as f64));
+        model.set_active_adapters(&[kind]).unwrap();
+        let ours = logits(&model, &device);
+        assert_close(
+            &format!("{kind} logits"),
+            &ours,
+            &reference[&format!("{kind}.logits")],
+            1e-4,
+        );
+        model.visit_lora_sites("", &mut |p, l| {
+            if p.ends_with("wte") || !l.adapter_names().iter().any(|n| n == kind) {
+                return; // the embedding is covered by the logits
+            }
+            let f = l.factors(kind).unwrap();
+            let peft_a = &reference[&format!("{kind}.{p}.lora_A")];
+            let peft_b = &reference[&format!("{kind}.{p}.lora_B")];
+            if kind.starts_with("svd") {
+                // ΔW = scale·A·B against PEFT's (lora_B·lora_A)ᵀ.
+                let ours = host(f.a.matmul(f.b).mul_scalar(f.scale));
+                let a: Tensor<2> = peft_a.to_tensor(&device, "A").unwrap();
+                let b: Tensor<2> = peft_b.to_tensor(&device, "B").unwrap();
+                let theirs = host(b.matmul(a).transpose());
+                assert_close(&format!("{kind} {p} update"), &ours, &theirs, 1e-5);
+            } else {
+                assert_close(
+                    &format!("{kind} {p} A"),
+                    &host(f.a.transpose()),
+                    peft_a,
+                    1e-6,
+                );
+                assert_close(
+                    &format!("{kind} {p} B"),
+                    &host(f.b.transpose()),
+                    peft_b,
+                    1e-6,
+                );
+            }
+        });
+    }
+    // Typed refusals: ranks that differ for linear, an existing name, an unknown adapter.
+    let (with_cat, _) = add_weighted_adapter(
+        xy.clone(),
+        &[("x", 1.0), ("y", 1.0)],
+        "c",
+        Combination::Cat,
+        &x_config,
+    )
+    .unwrap();
+    let linear = |m, pairs: &[(&str, f64)], name| {
+        add_weighted_adapter(m, pairs, name, Combination::Linear, &x_config)
+    };
+    assert!(matches!(
+        linear(with_cat.clone(), &[("x", 1.0), ("c", 1.0)], "l"),
+        Err(LoraError::InvalidConfig { .. })
+    ));
+    assert!(matches!(
+        linear(with_cat.clone(), &[("x", 1.0)], "c"),
+        Err(LoraError::DuplicateAdapter { .. })
+    ));
+    assert!(matches!(
+        linear(with_cat, &[("nope", 1.0)], "l"),
+        Err(LoraError::UnknownAdapter { .. })
+    ));
 }
