@@ -13,11 +13,15 @@
 //! - [`LoraLinear`] and [`LoraEmbedding`]: the factored fast path for models written for this
 //!   library (no weight-sized gradient, input dropout), merge/unmerge that are exact inverses;
 //! - [`LoraConfig`]: PEFT's config, field for field, read from and written to
-//!   `adapter_config.json`, with PEFT's target rules (suffix lists, regexes,
-//!   `layers_to_transform`, `rank_pattern`/`alpha_pattern`, rsLoRA, `bias`, `modules_to_save`);
+//!   `adapter_config.json`, with PEFT 0.21.2's selection rules ([`targeting`]: suffix lists,
+//!   regexes with Python's meaning, `layers_to_transform`, `rank_pattern`/`alpha_pattern`,
+//!   rsLoRA, `bias`, `modules_to_save`, `all-linear`), checked against PEFT itself; LoRA variants
+//!   it lacks are refused by name;
 //! - [`inject_adapter`]: attaches adapters to a model that names its sites with [`LoraSites`]
-//!   and freezes the rest; [`LoraModelExt`] merges, switches and deletes them;
-//! - [`save_adapter`] / [`load_adapter`]: PEFT's adapter files, both directions;
+//!   and freezes the rest; [`LoraModelExt`] merges (also `safe_merge`), switches and deletes
+//!   them with PEFT's multi-adapter rules; [`add_weighted_adapter`] combines them;
+//! - [`save_adapter`] / [`load_adapter`]: PEFT's adapter files (safetensors or `.bin`), both
+//!   directions;
 //! - [`ParamReport`]: PEFT's `trainable params: X || all params: Y || trainable%: Z`.
 //!
 //! Modules have no backend type parameter (burn 0.22): the same code runs on

@@ -1,8 +1,9 @@
 //! PEFT 0.21.2's selection rules, rule for rule: which modules get an adapter
 //! (`check_target_module_exists`), which train fully (`_set_trainable` for `modules_to_save`),
 //! and which rank and alpha each adapted module gets (`get_pattern_key`). Patterns have Python's
-//! `re` meaning ([`crate::pyregex`]); `fixtures/peft/oracle.json`, written by PEFT itself, is the
-//! table the tests hold these rules to.
+//! `re` meaning (look-around and backreferences included); a construct that Python reads
+//! differently is refused with an error naming it. `fixtures/peft/oracle.json`, written by PEFT
+//! itself, is the table the tests hold these rules to.
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
