@@ -18,6 +18,18 @@ Writes fixtures/peft/ (base model: fixtures/gpt2/tiny-a; adapter: fixtures/gpt2/
                                          wrote (linear sites), for kind linear, cat, svd (rank 2),
                                          svd3 (svd_rank 3)
       <kind>.logits                      logits with only that combined adapter active
+  init-{pissa,olora}/  base-changing initialisations on fixtures/encoder/roberta-a (query, value; r 2):
+      initial/           the adapter right after initialisation, saved with init_lora_weights=true
+                         (PEFT's recipe for path_initial_model_for_weight_conversion)
+      trained/           the adapter after a deterministic update of its factors, as PEFT saves it
+                         (init_lora_weights still pissa/olora: it only works on the residual base)
+      converted/         the same, saved with path_initial_model_for_weight_conversion: a plain
+                         rank-4 LoRA for the unmodified base
+  init-reference.safetensors
+      <kind>.<module>.residual   the base weight PEFT left ([out, in])
+      <kind>.<module>.lora_A/B   the initial factors
+      <kind>.logits              the trained model's logits (residual base + trained adapter)
+      ids, mask                  their batch
   files-reference.json  the keys PEFT saved in each directory
 
 Run: /work/venv/bin/python scripts/make_peft_file_fixtures.py
@@ -158,6 +170,46 @@ def weighted(ids, mask):
     return ref
 
 
+def init_variants():
+    from transformers import RobertaForSequenceClassification
+
+    enc = os.path.join(FIX, "encoder", "roberta-a")
+    g = torch.Generator().manual_seed(9)
+    ids = torch.randint(3, 100, (2, 6), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    ref = {"ids": ids, "mask": mask}
+    for kind in ("pissa", "olora"):
+        model = RobertaForSequenceClassification.from_pretrained(enc).eval()
+        cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], init_lora_weights=kind)
+        pm = get_peft_model(model, cfg).eval()
+        root = os.path.join(OUT, f"init-{kind}")
+        shutil.rmtree(root, ignore_errors=True)
+        for n, m in pm.base_model.model.named_modules():
+            if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {}):
+                ref[f"{kind}.{n}.residual"] = m.base_layer.weight.detach().clone()
+                ref[f"{kind}.{n}.lora_A"] = m.lora_A["default"].weight.detach().clone()
+                ref[f"{kind}.{n}.lora_B"] = m.lora_B["default"].weight.detach().clone()
+        pm.peft_config["default"].init_lora_weights = True
+        pm.save_pretrained(os.path.join(root, "initial"))
+        pm.peft_config["default"].init_lora_weights = kind
+        g = torch.Generator().manual_seed(13)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_" in n:
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+        with torch.no_grad():
+            ref[f"{kind}.logits"] = pm(input_ids=ids, attention_mask=mask).logits.float().contiguous()
+        pm.save_pretrained(os.path.join(root, "trained"))
+        pm.save_pretrained(os.path.join(root, "converted"),
+                           path_initial_model_for_weight_conversion=os.path.join(root, "initial"))
+        for d in ("initial", "trained", "converted"):
+            readme = os.path.join(root, d, "README.md")
+            if os.path.exists(readme):
+                os.remove(readme)
+    return ref
+
+
 def main():
     # PEFT writes target_modules from a set, whose order depends on string hashing.
     if os.environ.get("PYTHONHASHSEED") != "0":
@@ -170,6 +222,7 @@ def main():
     tied(ids, mask, ref, keys)
     save_file(ref, os.path.join(OUT, "files-reference.safetensors"))
     save_file(weighted(ids, mask), os.path.join(OUT, "weighted-reference.safetensors"))
+    save_file(init_variants(), os.path.join(OUT, "init-reference.safetensors"))
     with open(os.path.join(OUT, "files-reference.json"), "w") as f:
         json.dump({"peft_version": "0.21.2", "keys": keys}, f, indent=1, sort_keys=True)
         f.write("\n")

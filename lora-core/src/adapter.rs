@@ -224,7 +224,7 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
     // a corrupt rank must be a shape error, not a huge random initialisation.
     let sites = take_site_values(model, config, &mut file, source)?;
     let full = take_base_values(model, config, file, source)?;
-    let mut model = inject_adapter(model.clone(), &config.for_loading(), name)?;
+    let mut model = inject_adapter(model.clone(), &config.for_loading()?, name)?;
     // All checks passed: apply.
     for site in sites {
         let key = format!("{KEY_PREFIX}{}", site.path);

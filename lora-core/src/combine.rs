@@ -8,9 +8,8 @@ use burn::prelude::*;
 
 use crate::config::{AdapterSpec, InitLoraWeights, LoraConfig, PatternMap, TargetModules, scale};
 use crate::error::{LoraError, Result};
-use crate::io::HostTensor;
 use crate::layer::Factors;
-use crate::linalg::{Mat, svd_small, thin_qr};
+use crate::linalg::{Mat, svd, thin_qr, to_mat, to_tensor};
 use crate::model::{adapted_paths, sync_adapter_grads};
 use crate::sites::LoraSites;
 
@@ -89,7 +88,7 @@ pub fn add_weighted_adapter<M: Module + LoraSites>(
         let (a, b) = match combination {
             Combination::Linear => linear(site, rank)?,
             Combination::Cat => cat(site, rank),
-            Combination::Svd { .. } => svd(site, rank),
+            Combination::Svd { .. } => svd_combined(site, rank),
         };
         let factors = Factors {
             a: to_tensor(&a, &site.device, &site.path)?,
@@ -286,11 +285,11 @@ fn cat(site: &SiteFactors, rank: usize) -> (Mat, Mat) {
 /// `R = Σ rᵢ`, so its SVD comes from two thin QRs and the SVD of an `R × R` matrix:
 /// `ΔW = A꜀·B꜀ = Q₁R₁·(Q₂R₂)ᵀ = (Q₁U)·S·(Q₂V)ᵀ` with `R₁R₂ᵀ = U·S·Vᵀ`. As in PEFT, the
 /// singular values go to B.
-fn svd(site: &SiteFactors, rank: usize) -> (Mat, Mat) {
+fn svd_combined(site: &SiteFactors, rank: usize) -> (Mat, Mat) {
     let (joined_a, joined_b) = cat(site, site.parts.iter().map(|p| p.a.cols).sum());
     let (q1, r1) = thin_qr(&joined_a);
     let (q2, r2) = thin_qr(&joined_b.transpose());
-    let (u, s, v) = svd_small(&r1.matmul(&r2.transpose()));
+    let (u, s, v) = svd(&r1.matmul(&r2.transpose()));
     let (left, right) = (q1.matmul(&u), q2.matmul(&v));
     let (mut a, mut b) = (Mat::zeros(left.rows, rank), Mat::zeros(rank, right.rows));
     for (j, sigma) in s.iter().enumerate().take(rank) {
@@ -302,21 +301,4 @@ fn svd(site: &SiteFactors, rank: usize) -> (Mat, Mat) {
         }
     }
     (a, b)
-}
-
-fn to_mat(t: Tensor<2>, key: &str) -> Result<Mat> {
-    let h = HostTensor::from_tensor(t, key)?;
-    Ok(Mat {
-        rows: h.shape[0],
-        cols: h.shape[1],
-        data: h.data.iter().map(|&v| v as f64).collect(),
-    })
-}
-
-fn to_tensor(m: &Mat, device: &Device, key: &str) -> Result<Tensor<2>> {
-    HostTensor {
-        shape: vec![m.rows, m.cols],
-        data: m.data.iter().map(|&v| v as f32).collect(),
-    }
-    .to_tensor(device, key)
 }

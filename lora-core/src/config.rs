@@ -61,6 +61,18 @@ pub enum InitLoraWeights {
     /// `"orthogonal"`: PEFT's orthogonal factors with a zero product. Files load as plain LoRA;
     /// a fresh adapter cannot be initialised this way here.
     Orthogonal,
+    /// `"pissa"`: PiSSA. A and B from the top-`r` singular triplets of the base weight, which
+    /// keeps the rest (`W − scale·A·B`): the model's output is unchanged at the start. Changes
+    /// the base weights (linear layers; embeddings get the default init, as in PEFT). Save with
+    /// [`save_adapter_converted`](crate::save_adapter_converted) for an adapter that works on
+    /// the unmodified base.
+    Pissa,
+    /// `"pissa_niter_N"`: PiSSA from a randomized SVD. Random, so an adapter saved with it cannot
+    /// be loaded (its residual base cannot be rebuilt); convert it first. Not initialised here.
+    PissaNiter(u32),
+    /// `"olora"`: OLoRA. B and A from the first `r` columns of the QR decomposition of the base
+    /// weight (`[out, in]`), the base keeping the rest, like [`Pissa`](Self::Pissa).
+    Olora,
 }
 
 impl InitLoraWeights {
@@ -69,12 +81,19 @@ impl InitLoraWeights {
     /// creating a fresh adapter.
     pub fn check_initialisable(self) -> Result<()> {
         match self {
-            Self::Eva | Self::Orthogonal => Err(LoraError::Unsupported(format!(
-                "init_lora_weights {} for a new adapter (adapters saved with it load; initialise new ones with true, false or \"gaussian\")",
-                serde_json::json!(self)
-            ))),
+            Self::Eva | Self::Orthogonal | Self::PissaNiter(_) => {
+                Err(LoraError::Unsupported(format!(
+                    "init_lora_weights {} for a new adapter (initialise new ones with true, false, \"gaussian\", \"pissa\" or \"olora\")",
+                    serde_json::json!(self)
+                )))
+            }
             _ => Ok(()),
         }
+    }
+
+    /// Whether the initialisation changes the base weights (PiSSA, OLoRA).
+    pub fn changes_base(self) -> bool {
+        matches!(self, Self::Pissa | Self::PissaNiter(_) | Self::Olora)
     }
 }
 
@@ -86,6 +105,9 @@ impl Serialize for InitLoraWeights {
             InitLoraWeights::Gaussian => s.serialize_str("gaussian"),
             InitLoraWeights::Eva => s.serialize_str("eva"),
             InitLoraWeights::Orthogonal => s.serialize_str("orthogonal"),
+            InitLoraWeights::Pissa => s.serialize_str("pissa"),
+            InitLoraWeights::PissaNiter(n) => s.serialize_str(&format!("pissa_niter_{n}")),
+            InitLoraWeights::Olora => s.serialize_str("olora"),
         }
     }
 }
@@ -105,16 +127,23 @@ impl<'de> Deserialize<'de> for InitLoraWeights {
             Raw::Str(s) if s.eq_ignore_ascii_case("gaussian") => Ok(Self::Gaussian),
             Raw::Str(s) if s == "eva" => Ok(Self::Eva),
             Raw::Str(s) if s == "orthogonal" => Ok(Self::Orthogonal),
+            Raw::Str(s) if s == "pissa" => Ok(Self::Pissa),
+            Raw::Str(s) if s.eq_ignore_ascii_case("olora") => Ok(Self::Olora),
+            Raw::Str(s) if s.starts_with("pissa_niter_") => s["pissa_niter_".len()..]
+                .parse()
+                .map(Self::PissaNiter)
+                .map_err(|_| serde::de::Error::custom(init_refusal(&s))),
             Raw::Str(s) => Err(serde::de::Error::custom(init_refusal(&s))),
         }
     }
 }
 
-/// Why an `init_lora_weights` string is refused. PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA and MiCA
-/// subtract their initial update from the base weights: a file saved without PEFT's
-/// `path_initial_model_for_weight_conversion` only works on that modified base.
+/// Why an `init_lora_weights` string is refused. CorDA, LoftQ, LoRA-GA and MiCA subtract their
+/// initial update from the base weights, computed from data or quantisation lora-burn does not
+/// have: a file saved without PEFT's `path_initial_model_for_weight_conversion` only works on
+/// that modified base.
 fn init_refusal(s: &str) -> String {
-    let base_changing = ["pissa", "corda", "olora", "mica", "loftq", "lora_ga"];
+    let base_changing = ["pissa", "corda", "mica", "loftq", "lora_ga"];
     if base_changing
         .iter()
         .any(|p| s.to_ascii_lowercase().starts_with(p))
@@ -323,14 +352,27 @@ impl LoraConfig {
         }
     }
 
-    /// This config for injecting an adapter whose factors come from a file: the
-    /// initialisation is irrelevant then, so load-only ones ([`InitLoraWeights::Eva`],
-    /// [`InitLoraWeights::Orthogonal`]) are replaced by the default.
-    pub fn for_loading(&self) -> Self {
-        Self {
-            init_lora_weights: InitLoraWeights::Default,
+    /// This config for injecting an adapter whose factors come from a file. Plain
+    /// initialisations do not matter then and become the default. PiSSA and OLoRA are kept: as
+    /// in PEFT, they run again on the given (original) base, so it becomes the residual base the
+    /// adapter was trained on. A randomized PiSSA (`pissa_niter_N`) cannot be rebuilt that way
+    /// and is an error.
+    pub fn for_loading(&self) -> Result<Self> {
+        let init = match self.init_lora_weights {
+            InitLoraWeights::PissaNiter(n) => {
+                return Err(LoraError::Unsupported(format!(
+                    "loading an adapter with init_lora_weights \"pissa_niter_{n}\": its residual base \
+                     came from a randomized SVD and cannot be rebuilt (convert it with PEFT's \
+                     path_initial_model_for_weight_conversion, or lora_core::save_adapter_converted)"
+                )));
+            }
+            i @ (InitLoraWeights::Pissa | InitLoraWeights::Olora) => i,
+            _ => InitLoraWeights::Default,
+        };
+        Ok(Self {
+            init_lora_weights: init,
             ..self.clone()
-        }
+        })
     }
 
     /// Sets `lora_dropout`.

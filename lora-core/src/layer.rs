@@ -129,8 +129,14 @@ pub(crate) fn init_linear_factors(
     let bound = 1.0 / (d_in as f64).sqrt();
     match spec.init {
         // Eva and orthogonal adapters are only loaded (their factors come from the file, and
-        // injection refuses to start one), so their initial values never matter.
-        InitLoraWeights::Default | InitLoraWeights::Eva | InitLoraWeights::Orthogonal => (
+        // injection refuses to start one); PiSSA and OLoRA factors come from the base weight
+        // (`LoraLinear` replaces these values). So their values here never matter.
+        InitLoraWeights::Default
+        | InitLoraWeights::Eva
+        | InitLoraWeights::Orthogonal
+        | InitLoraWeights::Pissa
+        | InitLoraWeights::PissaNiter(_)
+        | InitLoraWeights::Olora => (
             Tensor::random([d_in, r], Distribution::Uniform(-bound, bound), device),
             Tensor::zeros([r, d_out], device),
         ),
@@ -160,10 +166,14 @@ pub(crate) fn init_embedding_factors(
     let r = spec.r;
     match spec.init {
         // PEFT uses this init for `gaussian` too: the option only concerns linear layers.
+        // PEFT gives embeddings the default init for PiSSA and OLoRA too.
         InitLoraWeights::Default
         | InitLoraWeights::Gaussian
         | InitLoraWeights::Eva
-        | InitLoraWeights::Orthogonal => (
+        | InitLoraWeights::Orthogonal
+        | InitLoraWeights::Pissa
+        | InitLoraWeights::PissaNiter(_)
+        | InitLoraWeights::Olora => (
             Tensor::zeros([n, r], device),
             Tensor::random([r, dim], Distribution::Normal(0.0, 1.0), device),
         ),

@@ -118,8 +118,10 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+mod base_init;
 pub mod combine;
 pub mod config;
+pub mod convert;
 pub mod device;
 pub mod embedding;
 pub mod error;
@@ -144,6 +146,7 @@ pub use config::{
     AdapterSpec, BiasMode, CONFIG_FILE, InitLoraWeights, LoraConfig, OneOrMany, PatternMap,
     TargetModules,
 };
+pub use convert::save_adapter_converted;
 pub use embedding::{EmbeddingAdapter, LoraEmbedding, LoraEmbeddingConfig};
 pub use error::{LoraError, Result};
 pub use layer::{Factors, LayerKind, LoraLayer};

@@ -2,6 +2,11 @@
 //! the SVD of a small square matrix). The sizes are adapter ranks (tens), so plain exact methods
 //! are fast enough and need no dependency.
 
+use burn::prelude::*;
+
+use crate::error::Result;
+use crate::io::HostTensor;
+
 /// A row-major matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Mat {
@@ -86,9 +91,14 @@ pub(crate) fn thin_qr(a: &Mat) -> (Mat, Mat) {
     (q, r)
 }
 
-/// SVD of a small square matrix by one-sided Jacobi rotations: `m = u·diag(s)·vᵀ`, singular
-/// values descending. Columns of `u` for zero singular values are zero.
-pub(crate) fn svd_small(m: &Mat) -> (Mat, Vec<f64>, Mat) {
+/// Thin SVD by one-sided Jacobi rotations: `m = u·diag(s)·vᵀ` with `k = min(rows, cols)`
+/// singular values, descending; `u` `[rows, k]`, `v` `[cols, k]`. Columns of `u` for zero
+/// singular values are zero.
+pub(crate) fn svd(m: &Mat) -> (Mat, Vec<f64>, Mat) {
+    if m.rows < m.cols {
+        let (u, s, v) = svd(&m.transpose());
+        return (v, s, u);
+    }
     let n = m.cols;
     let mut w = m.clone();
     let mut v = Mat::zeros(n, n);
@@ -147,6 +157,25 @@ pub(crate) fn svd_small(m: &Mat) -> (Mat, Vec<f64>, Mat) {
     (u, s, vs)
 }
 
+/// A device tensor on the host, in f64.
+pub(crate) fn to_mat(t: Tensor<2>, key: &str) -> Result<Mat> {
+    let h = HostTensor::from_tensor(t, key)?;
+    Ok(Mat {
+        rows: h.shape[0],
+        cols: h.shape[1],
+        data: h.data.iter().map(|&v| v as f64).collect(),
+    })
+}
+
+/// A host matrix as an f32 tensor on `device`.
+pub(crate) fn to_tensor(m: &Mat, device: &Device, key: &str) -> Result<Tensor<2>> {
+    HostTensor {
+        shape: vec![m.rows, m.cols],
+        data: m.data.iter().map(|&v| v as f32).collect(),
+    }
+    .to_tensor(device, key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,10 +212,24 @@ mod tests {
     }
 
     #[test]
+    fn svd_of_a_wide_matrix_reconstructs() {
+        let m = mat(3, 7, 4);
+        let (u, s, v) = svd(&m);
+        assert_eq!((u.rows, u.cols, s.len(), v.rows, v.cols), (3, 3, 3, 7, 3));
+        let mut us = u.clone();
+        for k in 0..3 {
+            for (j, sigma) in s.iter().enumerate() {
+                us.set(k, j, u.at(k, j) * sigma);
+            }
+        }
+        assert!(max_diff(&us.matmul(&v.transpose()), &m) < 1e-12);
+    }
+
+    #[test]
     fn svd_reconstructs_with_sorted_values_and_rank_deficiency() {
         // Rank 2 in a 4×4 matrix: two zero singular values.
         let m = mat(4, 2, 2).matmul(&mat(2, 4, 3));
-        let (u, s, v) = svd_small(&m);
+        let (u, s, v) = svd(&m);
         assert!(s.windows(2).all(|p| p[0] >= p[1]));
         assert!(s[2] < 1e-12 && s[3] < 1e-12);
         let mut us = u.clone();

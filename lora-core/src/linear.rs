@@ -404,6 +404,23 @@ impl LoraLayer for LoraLinear {
                 "DoRA on an output-sliced adapter (e.g. q/v of a fused projection)".into(),
             ));
         }
+        // PiSSA / OLoRA take the adapter out of the base weight: computed (and checked) before
+        // anything changes.
+        let from_base = if spec.init.changes_base() {
+            if sorted != [(0, d_out)] || spec.dora {
+                return Err(LoraError::Unsupported(format!(
+                    "init_lora_weights {:?} with output slices or DoRA",
+                    spec.init
+                )));
+            }
+            Some(crate::base_init::base_factors(
+                self.weight.val().detach(),
+                spec,
+                name,
+            )?)
+        } else {
+            None
+        };
         let mut adapter = LinearAdapter {
             lora_a: Param::from_tensor(a),
             lora_b,
@@ -423,6 +440,11 @@ impl LoraLayer for LoraLinear {
             // PEFT starts the magnitude at ‖W + ΔW‖, so DoRA starts where LoRA would.
             let w = self.weight.val().detach() + adapter.delta_weight(d_out);
             adapter.magnitude = Some(Param::from_tensor(column_norm(w).detach()));
+        }
+        if let Some((a, b, residual)) = from_base {
+            adapter.lora_a = Param::from_tensor(a);
+            adapter.lora_b = vec![Param::from_tensor(b)];
+            self.weight = replace(&self.weight, residual);
         }
         self.adapters.push(adapter);
         self.state.active.push(name.to_string());

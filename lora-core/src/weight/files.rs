@@ -175,7 +175,7 @@ pub fn load_adapter<M: Module>(
         take_factors(t, &config, name, &mut file, &source, &mut values)?;
     }
     take_base_params(&found, &targets, &config, &mut file, &source, &mut values)?;
-    let model = inject_adapter(model.clone(), &config.for_loading(), name, map)?;
+    let model = inject_adapter(model.clone(), &config.for_loading()?, name, map)?;
     let mut mapper = SetValues {
         walk: PathWalk::default(),
         values: &values,

@@ -152,6 +152,13 @@ pub fn inject_adapter<M: Module>(
 ) -> Result<M> {
     config.validate()?;
     config.init_lora_weights.check_initialisable()?;
+    if config.init_lora_weights.changes_base() {
+        return Err(LoraError::Unsupported(format!(
+            "init_lora_weights {} on weight-level adapters (PiSSA and OLoRA are implemented for \
+             LoraLinear)",
+            serde_json::json!(config.init_lora_weights)
+        )));
+    }
     if config.lora_dropout > 0.0 {
         return Err(LoraError::Unsupported(format!(
             "lora_dropout = {} on weight-level adapters: dropout acts on a layer's input, which a \

@@ -247,7 +247,7 @@ fn invalid_config_values_are_errors() {
         ),
         (r#"{"peft_type":"LORA","bias":"some"}"#, "bias"),
         (
-            r#"{"peft_type":"LORA","init_lora_weights":"pissa"}"#,
+            r#"{"peft_type":"LORA","init_lora_weights":"corda"}"#,
             "init_lora_weights",
         ),
         (r#"{"peft_type":"PREFIX_TUNING"}"#, "peft_type"),

@@ -5,9 +5,10 @@
 use burn::prelude::*;
 use lora_core::io::HostTensor;
 use lora_core::{
-    Combination, LoraError, LoraModelExt, LoraSites, add_weighted_adapter, load_adapter,
-    read_safetensors, save_safetensors,
+    Combination, InitLoraWeights, LoraConfig, LoraError, LoraModelExt, LoraSites,
+    add_weighted_adapter, load_adapter, read_safetensors, save_adapter_converted, save_safetensors,
 };
+use lora_models::bert::{EncoderCheckpoint, RobertaForSequenceClassification};
 use lora_models::gpt2::Gpt2LmHeadModel;
 
 use crate::common::{assert_close, fixture, host, ids, load};
@@ -228,4 +229,92 @@ fn weighted_adapters_match_pefts_add_weighted_adapter() {
         linear(with_cat, &[("nope", 1.0)], "l"),
         Err(LoraError::UnknownAdapter { .. })
     ));
+}
+
+/// PiSSA and OLoRA against PEFT on roberta-a: the residual base and the initial update, a
+/// trained adapter PEFT saved unconverted (it re-initialises on the original base, as PEFT
+/// does), and the conversion to a plain rank-2r LoRA for the original base (PEFT's
+/// `path_initial_model_for_weight_conversion`).
+#[test]
+fn pissa_and_olora_match_peft_and_convert_to_plain_lora() {
+    let device = Device::flex();
+    let reference = load("peft/init-reference.safetensors");
+    let enc = || {
+        RobertaForSequenceClassification::from_pretrained(fixture("encoder/roberta-a"), &device)
+            .unwrap()
+            .0
+    };
+    let (batch_ids, batch_mask) = (
+        ids(&reference["ids"], &device),
+        ids(&reference["mask"], &device),
+    );
+    let logits = |m: &RobertaForSequenceClassification| {
+        host(
+            m.forward(batch_ids.clone(), Some(batch_mask.clone()), None)
+                .unwrap(),
+        )
+    };
+    for (kind, init) in [
+        ("pissa", InitLoraWeights::Pissa),
+        ("olora", InitLoraWeights::Olora),
+    ] {
+        let config = LoraConfig::new(2, 4.0, &["query", "value"]).with_init(init);
+        let model = lora_core::inject_adapter(enc(), &config, "default").unwrap();
+        let mut sites = 0;
+        model.visit_lora_sites("", &mut |p, l| {
+            if l.adapter_names().is_empty() {
+                return;
+            }
+            sites += 1;
+            let want = &reference[&format!("{kind}.{p}.residual")];
+            assert_close(
+                &format!("{kind} {p} residual"),
+                &host(l.base_weight().transpose()),
+                want,
+                1e-5,
+            );
+            // Factor signs may differ from PyTorch's; the update may not.
+            let f = l.factors("default").unwrap();
+            let a: Tensor<2> = reference[&format!("{kind}.{p}.lora_A")]
+                .to_tensor(&device, "A")
+                .unwrap();
+            let b: Tensor<2> = reference[&format!("{kind}.{p}.lora_B")]
+                .to_tensor(&device, "B")
+                .unwrap();
+            let ours = host(f.a.matmul(f.b).transpose());
+            assert_close(
+                &format!("{kind} {p} update"),
+                &ours,
+                &host(b.matmul(a)),
+                1e-5,
+            );
+        });
+        assert_eq!(sites, 4);
+
+        let trained_dir = fixture(&format!("peft/init-{kind}/trained"));
+        let (trained, trained_config) = load_adapter(&enc(), trained_dir, "default").unwrap();
+        let want = &reference[&format!("{kind}.logits")];
+        assert_close(&format!("{kind} trained"), &logits(&trained), want, 1e-4);
+
+        let dir = tempfile::tempdir().unwrap();
+        let initial = fixture(&format!("peft/init-{kind}/initial"));
+        save_adapter_converted(&trained, &trained_config, "default", dir.path(), initial).unwrap();
+        let (plain, plain_config) = load_adapter(&enc(), dir.path(), "default").unwrap();
+        assert_eq!(plain_config.init_lora_weights, InitLoraWeights::Default);
+        assert_eq!((plain_config.r, plain_config.lora_alpha), (4, 8.0));
+        assert_close(&format!("{kind} converted"), &logits(&plain), want, 1e-4);
+        let ours = read_safetensors(dir.path().join("adapter_model.safetensors")).unwrap();
+        let peft_dir = fixture(&format!(
+            "peft/init-{kind}/converted/adapter_model.safetensors"
+        ));
+        let theirs = read_safetensors(peft_dir).unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (k, t) in &theirs {
+            assert_close(k, &ours[k], t, 1e-6);
+        }
+    }
+    // A randomized PiSSA cannot be rebuilt on load; weight-level adapters have no PiSSA.
+    let niter = LoraConfig::new(2, 4.0, &["query"]).with_init(InitLoraWeights::PissaNiter(4));
+    assert!(lora_core::inject_adapter(enc(), &niter, "x").is_err());
+    assert!(niter.for_loading().is_err());
 }

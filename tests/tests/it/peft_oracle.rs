@@ -313,12 +313,10 @@ fn variant_keys_are_refused_by_name() {
         assert!(c.init_lora_weights.check_initialisable().is_err());
     }
     for init in [
-        "pissa",
-        "pissa_niter_4",
-        "olora",
         "corda",
         "loftq",
         "lora_ga",
+        "mica",
     ] {
         let e = LoraConfig::from_json(&format!("{{{base},\"init_lora_weights\":\"{init}\"}}"))
             .unwrap_err()
