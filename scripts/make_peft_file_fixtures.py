@@ -33,6 +33,12 @@ Writes fixtures/peft/ (base model: fixtures/gpt2/tiny-a; adapter: fixtures/gpt2/
   files-reference.json  the keys PEFT saved in each directory
 
 Run: /work/venv/bin/python scripts/make_peft_file_fixtures.py
+
+The round trip back (PEFT saved -> lora-burn loaded -> lora-burn saved -> PEFT loads):
+  python scripts/make_peft_file_fixtures.py --check DIR
+loads every adapter the Rust tests leave in DIR (target/tmp/peft-round-trip: one directory per
+kind, each with our_logits.safetensors and base.txt naming its fixture model) into PEFT and
+compares PEFT's logits with ours.
 """
 
 import json
@@ -228,5 +234,28 @@ def main():
         f.write("\n")
 
 
+def check(root):
+    from transformers import AutoModelForSequenceClassification
+
+    worst = 0.0
+    for kind in sorted(os.listdir(root)):
+        d = os.path.join(root, kind)
+        with open(os.path.join(d, "base.txt")) as f:
+            fixture = f.read().strip()
+        cls = GPT2LMHeadModel if fixture.startswith("gpt2") else AutoModelForSequenceClassification
+        model = cls.from_pretrained(os.path.join(FIX, fixture)).eval()
+        peft_model = PeftModel.from_pretrained(model, d).eval()
+        ours = load_file(os.path.join(d, "our_logits.safetensors"))
+        with torch.no_grad():
+            logits = peft_model(input_ids=ours["ids"].long(), attention_mask=ours["mask"].long()).logits
+        width = ours["logits"].shape[-1]
+        diff = (logits[..., :width] - ours["logits"]).abs().max().item()
+        worst = max(worst, diff)
+        print(f"{kind}: PEFT vs lora-burn logits, max abs diff {diff:.3e}")
+    return 0 if worst <= 1e-4 else 1
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--check":
+        sys.exit(check(sys.argv[2]))
     main()

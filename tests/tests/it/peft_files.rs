@@ -30,6 +30,32 @@ fn logits(model: &Gpt2LmHeadModel, device: &Device) -> HostTensor {
     host(out.slice([0..b, 0..s, 0..VOCAB_SLICE]))
 }
 
+/// The second half of the round trip (PEFT saved, we loaded): our save of the adapter, with the
+/// batch and our logits, for `python scripts/make_peft_file_fixtures.py --check DIR` to load into
+/// PEFT on `base` (a fixture directory).
+fn leave_round_trip<M: burn::module::Module + LoraSites>(
+    kind: &str,
+    model: &M,
+    config: &LoraConfig,
+    name: &str,
+    base: &str,
+    batch: (&HostTensor, &HostTensor),
+    logits: HostTensor,
+) {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("peft-round-trip")
+        .join(kind);
+    std::fs::create_dir_all(&dir).unwrap();
+    lora_core::save_adapter(model, config, name, &dir).unwrap();
+    let tensors = [
+        ("ids".to_string(), batch.0.clone()),
+        ("mask".to_string(), batch.1.clone()),
+        ("logits".to_string(), logits),
+    ];
+    save_safetensors(dir.join("our_logits.safetensors"), &tensors).unwrap();
+    std::fs::write(dir.join("base.txt"), base).unwrap();
+}
+
 #[test]
 fn pickle_fp16_and_bf16_adapters_give_pefts_logits() {
     let device = Device::flex();
@@ -40,6 +66,8 @@ fn pickle_fp16_and_bf16_adapters_give_pefts_logits() {
         assert_eq!(config.r, 4, "{kind}");
         let ours = logits(&model, &device);
         assert_close(kind, &ours, &reference[&format!("{kind}.logits")], 1e-4);
+        let batch = (&reference["ids"], &reference["mask"]);
+        leave_round_trip(kind, &model, &config, "default", "gpt2/tiny-a", batch, ours);
     }
 }
 
@@ -56,6 +84,17 @@ fn a_lora_on_tied_wte_changes_the_head_only_once_merged() {
         let ours = logits(&model, &device);
         let want = &reference["wte-tied-false.logits"];
         assert_close(&format!("unmerged, tying {flag}"), &ours, want, 1e-4);
+        let batch = (&reference["ids"], &reference["mask"]);
+        let kind = format!("wte-tied-{flag}");
+        leave_round_trip(
+            &kind,
+            &model,
+            &config,
+            "default",
+            "gpt2/tiny-a",
+            batch,
+            ours,
+        );
         model.merge_adapter("default").unwrap();
         let merged = logits(&model, &device);
         let want = &reference["wte-tied-false.merged.logits"];
@@ -174,6 +213,18 @@ fn weighted_adapters_match_pefts_add_weighted_adapter() {
             &ours,
             &reference[&format!("{kind}.logits")],
             1e-4,
+        );
+        let files = load("peft/files-reference.safetensors");
+        let batch = (&files["ids"], &files["mask"]);
+        let trip = format!("weighted-{kind}");
+        leave_round_trip(
+            &trip,
+            &model,
+            &config,
+            kind,
+            "gpt2/tiny-a",
+            batch,
+            ours.clone(),
         );
         model.visit_lora_sites("", &mut |p, l| {
             if p.ends_with("wte") || !l.adapter_names().iter().any(|n| n == kind) {
@@ -303,6 +354,18 @@ fn pissa_and_olora_match_peft_and_convert_to_plain_lora() {
         assert_eq!(plain_config.init_lora_weights, InitLoraWeights::Default);
         assert_eq!((plain_config.r, plain_config.lora_alpha), (4, 8.0));
         assert_close(&format!("{kind} converted"), &logits(&plain), want, 1e-4);
+        let batch = (&reference["ids"], &reference["mask"]);
+        let trip = format!("{kind}-converted");
+        let base = "encoder/roberta-a";
+        leave_round_trip(
+            &trip,
+            &plain,
+            &plain_config,
+            "default",
+            base,
+            batch,
+            logits(&plain),
+        );
         let ours = read_safetensors(dir.path().join("adapter_model.safetensors")).unwrap();
         let peft_dir = fixture(&format!(
             "peft/init-{kind}/converted/adapter_model.safetensors"

@@ -312,12 +312,7 @@ fn variant_keys_are_refused_by_name() {
         let c = LoraConfig::from_json(&format!("{{{base},\"init_lora_weights\":{init}}}")).unwrap();
         assert!(c.init_lora_weights.check_initialisable().is_err());
     }
-    for init in [
-        "corda",
-        "loftq",
-        "lora_ga",
-        "mica",
-    ] {
+    for init in ["corda", "loftq", "lora_ga", "mica"] {
         let e = LoraConfig::from_json(&format!("{{{base},\"init_lora_weights\":\"{init}\"}}"))
             .unwrap_err()
             .to_string();
