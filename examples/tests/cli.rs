@@ -711,3 +711,71 @@ fn labels_fall_back_to_indices_and_a_missing_head_is_an_error() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no trained classification head"), "{err}");
 }
+
+/// A tokenizer whose ids the model does not have (here a word-level one with an id past
+/// tiny-a's 50257) gives one line naming the id and the vocabulary, for every command that
+/// feeds ids to the model; before, flex's embedding gather panicked.
+#[test]
+fn ids_outside_the_vocabulary_are_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "sky": 60000, "blue": 5, "<|endoftext|>": 50256}, "unk_token": "[UNK]"}
+    });
+    std::fs::write(tmp.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let data = tmp.path().join("data.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"sky\", \"completion\": \"blue\"}\n".repeat(4),
+    )
+    .unwrap();
+    let tok = tmp.path().to_str().unwrap();
+    let model = "fixtures/gpt2/tiny-a";
+    let out = tmp.path().join("out");
+    for args in [
+        vec![
+            "eval",
+            "--model",
+            model,
+            "--tokenizer",
+            tok,
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        vec![
+            "train",
+            "--model",
+            model,
+            "--tokenizer",
+            tok,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "1",
+        ],
+        vec![
+            "generate",
+            "--model",
+            model,
+            "--tokenizer",
+            tok,
+            "--prompt",
+            "sky blue",
+        ],
+    ] {
+        let o = gpt2(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = stderr(&o);
+        assert!(
+            err.contains("60000") && err.contains("50257"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let errors = err.lines().filter(|l| l.starts_with("error")).count();
+        assert_eq!(errors, 1, "{args:?}: {err}");
+    }
+}

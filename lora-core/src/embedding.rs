@@ -92,6 +92,12 @@ impl LoraEmbedding {
     /// # Shapes
     /// - `ids`: `[batch, seq]`
     /// - output: `[batch, seq, dim]`
+    ///
+    /// # Panics
+    /// Ids must be below `num_embeddings`: the lookup is burn's `embedding` gather, which panics
+    /// on flex and reads garbage on wgpu otherwise. Checking would cost a device read per call,
+    /// so it is done once where ids come from files: lora-train's `Trainer` checks each dataset
+    /// against the model's `IdLimits`, and GPT-2's `generate` checks its prompts.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let base = embedding(self.weight.val(), ids.clone());
         if self.state.disabled {

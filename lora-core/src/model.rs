@@ -97,35 +97,11 @@ pub fn check_sites_listed<M: Module + LoraSites>(model: &M) -> Result<()> {
         listed.push(p.to_string());
         ids.insert(l.base_id());
     });
-    struct V<'a> {
-        walk: PathWalk,
-        ids: &'a std::collections::HashSet<ParamId>,
-        unlisted: Option<String>,
-    }
-    impl ModuleVisitor for V<'_> {
-        fn enter_module(&mut self, name: &str, kind: &str) {
-            self.walk.enter(name, kind);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.walk.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let owner = self.walk.kinds.last().map_or("", |k| k.as_str());
-            let is_base = matches!(owner, "Struct:LoraLinear" | "Struct:LoraEmbedding")
-                && self.walk.path.last().is_some_and(|l| l == "weight");
-            if is_base && self.unlisted.is_none() && !self.ids.contains(&param.id) {
-                let module = &self.walk.path[..self.walk.path.len() - 1];
-                self.unlisted = Some(module.join("."));
-            }
-        }
-    }
-    let mut v = V {
-        walk: PathWalk::default(),
-        ids: &ids,
-        unlisted: None,
-    };
-    model.visit(&mut v);
-    match v.unlisted {
+    let unlisted = factored_sites(model)
+        .into_iter()
+        .find(|(id, _)| !ids.contains(id))
+        .map(|(_, path)| path);
+    match unlisted {
         Some(module) => Err(LoraError::UnlistedSite {
             module,
             listed: listed.join(", "),
@@ -259,12 +235,23 @@ fn active_slots<M: Module + LoraSites>(model: &M) -> BTreeSet<(String, usize)> {
             .collect();
         active_by_base.insert(l.base_id(), slots);
     });
-    struct V<'a> {
-        walk: PathWalk,
-        active_by_base: &'a std::collections::HashMap<ParamId, Vec<usize>>,
-        out: BTreeSet<(String, usize)>,
+    let mut out = BTreeSet::new();
+    for (id, site) in factored_sites(model) {
+        for &i in active_by_base.get(&id).into_iter().flatten() {
+            out.insert((site.clone(), i));
+        }
     }
-    impl ModuleVisitor for V<'_> {
+    out
+}
+
+/// Every `LoraLinear` / `LoraEmbedding` the module visitor finds: its base weight's id and its
+/// burn path, in traversal order.
+fn factored_sites<M: Module>(model: &M) -> Vec<(ParamId, String)> {
+    struct V {
+        walk: PathWalk,
+        out: Vec<(ParamId, String)>,
+    }
+    impl ModuleVisitor for V {
         fn enter_module(&mut self, name: &str, kind: &str) {
             self.walk.enter(name, kind);
         }
@@ -272,16 +259,18 @@ fn active_slots<M: Module + LoraSites>(model: &M) -> BTreeSet<(String, usize)> {
             self.walk.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(slots) = self.active_by_base.get(&param.id) {
-                let site = self.walk.path[..self.walk.path.len().saturating_sub(1)].join(".");
-                self.out.extend(slots.iter().map(|&i| (site.clone(), i)));
+            let owner = self.walk.kinds.last().map_or("", |k| k.as_str());
+            let is_base = matches!(owner, "Struct:LoraLinear" | "Struct:LoraEmbedding")
+                && self.walk.path.last().is_some_and(|l| l == "weight");
+            if is_base {
+                let module = &self.walk.path[..self.walk.path.len() - 1];
+                self.out.push((param.id, module.join(".")));
             }
         }
     }
     let mut v = V {
         walk: PathWalk::default(),
-        active_by_base: &active_by_base,
-        out: BTreeSet::new(),
+        out: Vec::new(),
     };
     model.visit(&mut v);
     v.out

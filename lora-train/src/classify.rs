@@ -8,11 +8,14 @@
 //! head (MSE on its score, as transformers does).
 
 use burn::prelude::*;
+use lora_core::LoraLayer;
 use lora_models::bert::{BertForSequenceClassification, RobertaForSequenceClassification};
 
 use crate::dataset::{BatchTargets, TextBatch};
 use crate::error::{Result, TrainError};
-use crate::model::{EvalOutput, LossOutput, Predictions, TrainModel, class_loss, mse_loss};
+use crate::model::{
+    EvalOutput, IdLimits, LossOutput, Predictions, TrainModel, class_loss, mse_loss,
+};
 
 /// The loss of a classification or regression head against the batch's targets: cross-entropy
 /// for class targets, mean squared error for value targets (one-label head).
@@ -78,9 +81,18 @@ fn eval(logits: Tensor<2>, batch: &TextBatch) -> Result<EvalOutput> {
 
 /// Both sequence classifiers train the same way: the head's loss, and its predictions.
 macro_rules! impl_classifier {
-    ($($model:ty),*) => {$(
+    ($($model:ty => $body:ident),*) => {$(
         impl TrainModel for $model {
             type Batch = TextBatch;
+
+            /// The word and token-type tables' rows.
+            fn id_limits(&self) -> Option<IdLimits> {
+                let e = &self.$body.embeddings;
+                Some(IdLimits {
+                    vocab_size: e.word_embeddings.dims().0,
+                    type_vocab_size: e.token_type_embeddings.weight.dims()[0],
+                })
+            }
 
             /// Mean head loss over the examples.
             ///
@@ -120,6 +132,6 @@ macro_rules! impl_classifier {
 }
 
 impl_classifier!(
-    RobertaForSequenceClassification,
-    BertForSequenceClassification
+    RobertaForSequenceClassification => roberta,
+    BertForSequenceClassification => bert
 );

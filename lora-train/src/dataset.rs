@@ -13,7 +13,7 @@ use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::data::{Columns, LabelMap, RawTarget, Record, Task, read_records};
 use crate::error::{Result, TrainError};
-use crate::model::BatchSource;
+use crate::model::{BatchSource, IdLimits};
 use crate::sampler::split_indices;
 
 /// How records become model inputs.
@@ -630,6 +630,42 @@ pub fn eos_id(tokenizer: &TextTokenizer) -> Option<u32> {
 
 impl BatchSource for TextDataset {
     type Batch = TextBatch;
+
+    fn check_ids(&self, limits: &IdLimits, dataset: &str) -> Result<()> {
+        if self.pad_id as usize >= limits.vocab_size {
+            return Err(TrainError::config(
+                "pad_id",
+                format!(
+                    "{} of the {dataset} is outside the model's {} token ids",
+                    self.pad_id, limits.vocab_size
+                ),
+            ));
+        }
+        for (example, item) in self.items.iter().enumerate() {
+            let bad = |what, id, limit| TrainError::IdOutOfRange {
+                what,
+                id,
+                limit,
+                example,
+                dataset: dataset.to_string(),
+            };
+            if let Some(&id) = item
+                .input_ids
+                .iter()
+                .find(|&&t| t as usize >= limits.vocab_size)
+            {
+                return Err(bad("token", id, limits.vocab_size));
+            }
+            let types = &item.token_type_ids;
+            if let Some(&id) = types
+                .iter()
+                .find(|&&t| t as usize >= limits.type_vocab_size)
+            {
+                return Err(bad("token-type", id, limits.type_vocab_size));
+            }
+        }
+        Ok(())
+    }
 
     fn len(&self) -> usize {
         self.items.len()

@@ -34,6 +34,24 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A token id (or token-type id) is outside what the model's embeddings hold: a tokenizer
+    /// from another checkpoint, added tokens, or a pair template on a model without segments.
+    #[error(
+        "example {example} of the {dataset} holds {what} id {id}, but the model has {limit} \
+         (a tokenizer from another checkpoint or with added tokens?)"
+    )]
+    IdOutOfRange {
+        /// `token` or `token-type`.
+        what: &'static str,
+        /// The id.
+        id: u32,
+        /// How many ids the model's table has.
+        limit: usize,
+        /// 0-based index of the example in its dataset (its row among the file's examples).
+        example: usize,
+        /// Which dataset (`training data`, `validation data`, `evaluation data`).
+        dataset: String,
+    },
     /// A data file (or the part of it selected) holds no example.
     #[error("dataset {what} is empty")]
     EmptyDataset {

@@ -3,16 +3,24 @@
 
 use std::path::Path;
 
-use lora_core::LoraConfig;
+use lora_core::{LoraConfig, LoraLayer};
 use lora_models::gpt2::Gpt2LmHeadModel;
 use lora_models::loss::causal_lm_loss;
 
 use crate::dataset::TextBatch;
 use crate::error::{Result, TrainError};
-use crate::model::{EvalOutput, LossOutput, Predictions, TrainModel};
+use crate::model::{EvalOutput, IdLimits, LossOutput, Predictions, TrainModel};
 
 impl TrainModel for Gpt2LmHeadModel {
     type Batch = TextBatch;
+
+    /// `wte`'s rows; GPT-2 has no token types (every batch's are 0).
+    fn id_limits(&self) -> Option<IdLimits> {
+        Some(IdLimits {
+            vocab_size: self.transformer.wte.dims().0,
+            type_vocab_size: 1,
+        })
+    }
 
     /// Mean next-token cross-entropy over the completion tokens, with the model's
     /// [`label_smoothing`](Gpt2LmHeadModel::label_smoothing).

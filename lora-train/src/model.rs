@@ -74,6 +74,13 @@ pub trait TrainModel: Module {
     /// the mean loss, its count, and what the metrics need.
     fn eval_step(&self, batch: &Self::Batch) -> Result<EvalOutput>;
 
+    /// The token-id ranges the model's embeddings accept, if it reads token ids. The trainer
+    /// checks every dataset against them before the first step ([`BatchSource::check_ids`]):
+    /// an id outside would make the embedding gather panic (flex) or read garbage (wgpu).
+    fn id_limits(&self) -> Option<IdLimits> {
+        None
+    }
+
     /// The PyTorch paths of the model's parameters, for PEFT files (identity by default).
     fn peft_paths(&self) -> PathMap {
         PathMap::identity()
@@ -254,4 +261,20 @@ pub trait BatchSource {
     fn fingerprint(&self) -> u64 {
         0
     }
+
+    /// Errors if an item holds a token id outside `limits` (nothing to check by default);
+    /// `dataset` names the data in the error (e.g. `training data`).
+    fn check_ids(&self, limits: &IdLimits, dataset: &str) -> Result<()> {
+        let _ = (limits, dataset);
+        Ok(())
+    }
+}
+
+/// The token-id ranges a model's embeddings accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdLimits {
+    /// Token ids must be below this (the vocabulary size).
+    pub vocab_size: usize,
+    /// Token-type (segment) ids must be below this (`type_vocab_size`; 1 for RoBERTa).
+    pub type_vocab_size: usize,
 }

@@ -399,6 +399,10 @@ impl Trainer {
                 what: "(validation data)".into(),
             });
         }
+        if let Some(limits) = model.id_limits() {
+            train.check_ids(&limits, "training data")?;
+            valid.map_or(Ok(()), |v| v.check_ids(&limits, "validation data"))?;
+        }
         let train_device = self.device.clone().autodiff();
         let mut model = model.train();
         let params = trainable_params(&model);
@@ -714,6 +718,9 @@ impl Trainer {
             return Err(TrainError::EmptyDataset {
                 what: "(evaluation data)".into(),
             });
+        }
+        if let Some(limits) = model.id_limits() {
+            data.check_ids(&limits, "evaluation data")?;
         }
         let model = model.valid();
         let bs = self

@@ -3,6 +3,7 @@
 //! Hugging Face's `generate`.
 
 use burn::prelude::*;
+use lora_core::LoraLayer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -304,6 +305,20 @@ impl Gpt2LmHeadModel {
             return Err(ModelError::InvalidInput(
                 "every prompt needs at least one token".into(),
             ));
+        }
+        let vocab = self.transformer.wte.dims().0;
+        let out_of_range = prompts.iter().enumerate().find_map(|(i, p)| {
+            let id = p
+                .iter()
+                .chain([&config.pad_token_id])
+                .find(|&&t| t as usize >= vocab)?;
+            Some((i, *id))
+        });
+        if let Some((i, id)) = out_of_range {
+            return Err(ModelError::InvalidInput(format!(
+                "prompt {i} (or the pad token) holds token id {id}, but the model has {vocab} \
+                 (a tokenizer from another checkpoint or with added tokens?)"
+            )));
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if longest + config.max_new_tokens > self.transformer.n_positions {

@@ -23,8 +23,8 @@ use lora_train::optim::{GradAccumulator, trainable_params, trainable_values};
 use lora_train::{
     AdamW, BatchSource, Columns, DataConfig, EvalOutput, ItemTarget, LossOutput, OptimizerConfig,
     Predictions, ProgressMode, Resume, ScheduleConfig, ScheduleKind, StopReason, TargetKind, Task,
-    TextBatch, TextDataset, TrainError, TrainModel, Trainer, TrainerConfig, TrainerState, Warmup,
-    class_loss, load_text_datasets, metrics,
+    TextBatch, TextDataset, TextItem, TrainError, TrainModel, Trainer, TrainerConfig, TrainerState,
+    Warmup, class_loss, load_text_datasets, metrics,
 };
 
 use crate::common::{Tiny, devices, fixture, host, toy_classes};
@@ -1194,5 +1194,88 @@ fn label_smoothing_applies_to_training_only() {
     assert!(
         (host(eval).data[0] - p).abs() <= 1e-6 * p.abs(),
         "eval ignores smoothing"
+    );
+}
+
+/// Token ids the model's tables do not hold (a tokenizer from another checkpoint, added
+/// tokens, a pair template on RoBERTa's single segment) are typed errors naming the id, the
+/// table size and the example, before any step: before, flex's embedding gather panicked.
+#[test]
+fn token_ids_outside_the_model_are_typed_errors() {
+    let device = Device::flex();
+    let out = tempfile::tempdir().unwrap();
+    let trainer = Trainer::new(quiet(out.path()), device.clone()).unwrap();
+    let lora = LoraConfig::new(4, 8.0, &["c_attn"]);
+    let (model, lora) = inject_gpt2_lora(
+        gpt2(&fixture("gpt2/tiny-a"), &device),
+        &lora,
+        "default",
+        CAttnMode::Fused,
+    )
+    .unwrap();
+    let item = |ids: Vec<u32>, types: Vec<u32>, target| TextItem {
+        token_type_ids: types,
+        input_ids: ids,
+        target,
+    };
+    let lm = ItemTarget::Tokens { loss_from: 0 };
+    let ok = item(vec![1, 2, 3], vec![0; 3], lm.clone());
+    let bad = item(vec![1, 60_000, 3], vec![0; 3], lm.clone());
+    let data = TextDataset::from_items(vec![ok.clone(), bad], 50256, TargetKind::Tokens).unwrap();
+    let e = trainer.fit(model.clone(), &lora, &data, None).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            TrainError::IdOutOfRange {
+                id: 60_000,
+                limit: 50_257,
+                example: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("training data"), "{e}");
+    let e = trainer.evaluate(&model, &data).unwrap_err();
+    assert!(e.to_string().contains("evaluation data"), "{e}");
+    // A pad id beyond the table (a tokenizer's added pad token).
+    let padded = TextDataset::from_items(vec![ok], 60_001, TargetKind::Tokens).unwrap();
+    assert!(trainer.evaluate(&model, &padded).is_err());
+    // Prompts for generation.
+    let greedy = lora_models::gpt2::GenerationConfig::greedy(2);
+    let e = model
+        .valid()
+        .generate(&[vec![5, 60_000]], &greedy, &device)
+        .unwrap_err();
+    assert!(e.to_string().contains("60000"), "{e}");
+
+    // RoBERTa has one segment: a token-type id 1 (a pair template) is out of range.
+    use lora_models::bert::EncoderCheckpoint;
+    let (roberta, _) = lora_models::bert::RobertaForSequenceClassification::from_pretrained(
+        fixture("encoder/roberta-a"),
+        &device,
+    )
+    .unwrap();
+    let (roberta, lora) =
+        lora_models::bert::inject_encoder_lora(roberta, &LoraConfig::default(), "default").unwrap();
+    let pair = item(
+        vec![0, 5, 2, 2, 6, 2],
+        vec![0, 0, 0, 1, 1, 1],
+        ItemTarget::Class(1),
+    );
+    let classes = TargetKind::Classes { num_classes: 3 };
+    let data = TextDataset::from_items(vec![pair], 1, classes).unwrap();
+    let e = trainer.fit(roberta, &lora, &data, None).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            TrainError::IdOutOfRange {
+                what: "token-type",
+                id: 1,
+                limit: 1,
+                ..
+            }
+        ),
+        "{e}"
     );
 }
