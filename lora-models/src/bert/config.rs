@@ -120,6 +120,10 @@ pub struct BertConfig {
     /// Must be `false` (no cross-attention).
     #[serde(default)]
     pub add_cross_attention: bool,
+    /// The masked-LM decoder is the word-embedding table (true). `false` is accepted only when
+    /// the checkpoint's decoder weight equals that table (an untied decoder is not implemented).
+    #[serde(default = "d_tied")]
+    pub tie_word_embeddings: bool,
     /// Label names by id (keys are the ids as strings, as in JSON).
     #[serde(default)]
     pub id2label: Option<BTreeMap<String, String>>,
@@ -396,4 +400,8 @@ impl BertConfig {
         self.max_position_embeddings
             .saturating_sub(self.position_offset())
     }
+}
+
+fn d_tied() -> bool {
+    true
 }

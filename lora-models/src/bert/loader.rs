@@ -252,6 +252,37 @@ fn in_modules(key: &str, modules: &[&str]) -> bool {
         .any(|m| key == *m || key.starts_with(&format!("{m}.")))
 }
 
+/// The masked-LM decoder is the word-embedding table. A config that unties it is honoured only
+/// when `lm_head.decoder.weight` holds the same values (an untied decoder is not implemented).
+fn check_tied_decoder(
+    config: &BertConfig,
+    state: &HashMap<String, HostTensor>,
+    path: &Path,
+) -> Result<()> {
+    if config.tie_word_embeddings {
+        return Ok(()); // transformers ties it whatever the file holds
+    }
+    let Some(decoder) = state.get("lm_head.decoder.weight") else {
+        return Err(ModelError::MissingTensor {
+            path: path.to_path_buf(),
+            key: "lm_head.decoder.weight (tie_word_embeddings is false)".into(),
+        });
+    };
+    let table = state
+        .iter()
+        .find(|(k, _)| k.ends_with("embeddings.word_embeddings.weight"))
+        .map(|(_, t)| t);
+    if table == Some(decoder) {
+        return Ok(());
+    }
+    Err(ModelError::Config {
+        path: path.to_path_buf(),
+        reason: "`tie_word_embeddings` is false and `lm_head.decoder.weight` differs from the \
+                 word embeddings: an untied decoder is not implemented"
+            .into(),
+    })
+}
+
 fn load<M: EncoderCheckpoint>(
     dir: &Path,
     device: &Device,
@@ -280,6 +311,9 @@ fn load<M: EncoderCheckpoint>(
         });
     }
     let (path, state) = read_weights(dir)?;
+    if M::HEAD_MODULES.contains(&"lm_head") {
+        check_tied_decoder(&config, &state, &path)?;
+    }
     let mut state = normalize_keys(state, M::body_prefix(&config), &path)?;
     if let Some(key) = M::LABEL_KEY
         && let Some(t) = state.get(key)

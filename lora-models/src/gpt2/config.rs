@@ -72,6 +72,13 @@ pub struct Gpt2Config {
     /// Compute attention in f32 with the scaling reordered; a no-op here since we run in f32.
     #[serde(default)]
     pub reorder_and_upcast_attn: bool,
+    /// The LM head is `wte` (true). `false` is accepted only when the checkpoint's
+    /// `lm_head.weight` equals `wte.weight` (an untied head is not implemented).
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+    /// Cross-attention blocks (encoder-decoder use): not implemented, must be false.
+    #[serde(default)]
+    pub add_cross_attention: bool,
     /// Beginning-of-sequence id (50256).
     #[serde(default = "d_eos")]
     pub bos_token_id: usize,
@@ -136,6 +143,8 @@ impl Default for Gpt2Config {
             scale_attn_weights: true,
             scale_attn_by_inverse_layer_idx: false,
             reorder_and_upcast_attn: false,
+            tie_word_embeddings: true,
+            add_cross_attention: false,
             bos_token_id: d_eos(),
             eos_token_id: d_eos(),
             model_type: d_type(),
@@ -196,6 +205,9 @@ impl Gpt2Config {
         }
         if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
             return Err("`layer_norm_epsilon` must be positive".into());
+        }
+        if self.add_cross_attention {
+            return Err("`add_cross_attention` true: cross-attention is not implemented".into());
         }
         if self.eos_token_id >= self.vocab_size || self.bos_token_id >= self.vocab_size {
             return Err("`bos_token_id`/`eos_token_id` must be below `vocab_size`".into());

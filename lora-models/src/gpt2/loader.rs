@@ -16,6 +16,35 @@ fn is_ignored(key: &str) -> bool {
     key.ends_with(".attn.bias") || key.ends_with(".attn.masked_bias") || key == "lm_head.weight"
 }
 
+/// The LM head is `wte`. A config that unties it is honoured only when `lm_head.weight` holds
+/// the same values (an untied head is not implemented): anything else would silently give
+/// other logits than transformers.
+fn check_tied_head(
+    config: &Gpt2Config,
+    state: &HashMap<String, HostTensor>,
+    path: &Path,
+) -> Result<()> {
+    if config.tie_word_embeddings {
+        return Ok(()); // transformers ties lm_head to wte whatever the file holds
+    }
+    let wte = ["wte.weight", "transformer.wte.weight"]
+        .iter()
+        .find_map(|k| state.get(*k));
+    match (state.get("lm_head.weight"), wte) {
+        (Some(head), Some(wte)) if head == wte => Ok(()),
+        (None, _) => Err(ModelError::MissingTensor {
+            path: path.to_path_buf(),
+            key: "lm_head.weight".into(),
+        }),
+        _ => Err(ModelError::Config {
+            path: path.to_path_buf(),
+            reason: "`tie_word_embeddings` is false and `lm_head.weight` differs from \
+                     `wte.weight`: an untied LM head is not implemented"
+                .into(),
+        }),
+    }
+}
+
 /// Puts every key under `transformer.` (checkpoints of `GPT2Model` have no prefix, those of
 /// `GPT2LMHeadModel` do) and drops buffers. Errors when the keys are another architecture's.
 pub fn normalize_keys(
@@ -27,8 +56,17 @@ pub fn normalize_keys(
         if is_ignored(&k) {
             continue;
         }
-        let k = k.strip_prefix("transformer.").unwrap_or(&k).to_string();
-        out.insert(format!("transformer.{k}"), v);
+        // The body's keys go under `transformer.`; other heads' keep their names.
+        let body = k.strip_prefix("transformer.").unwrap_or(&k);
+        let is_body = ["wte.", "wpe.", "h.", "ln_f."]
+            .iter()
+            .any(|p| body.starts_with(p));
+        let key = if is_body || k.starts_with("transformer.") {
+            format!("transformer.{body}")
+        } else {
+            k.clone()
+        };
+        out.insert(key, v);
     }
     if !out.contains_key("transformer.wte.weight") {
         let foreign = [
@@ -61,11 +99,13 @@ impl Gpt2LmHeadModel {
     /// Loads `config.json` and the weights (`model.safetensors`, sharded safetensors or
     /// `pytorch_model.bin`; f16/bf16 cast to f32; with or without the `transformer.` prefix;
     /// `Conv1D` weights kept `[in, out]`). A missing or mis-shaped tensor is an error naming it.
-    /// Unused extra tensors (e.g. another head) are ignored.
+    /// Tensors of other classes' heads (e.g. `score`) are ignored; an unread tensor of the body,
+    /// or an untied LM head, is an error naming it.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<(Self, Gpt2Config)> {
         let dir = dir.as_ref();
         let config = Gpt2Config::load(dir)?;
         let (path, state) = read_weights(dir)?;
+        check_tied_head(&config, &state, &path)?;
         let state = normalize_keys(state, &path)?;
         // Parameters are lazy: this allocates nothing until the weights replace them.
         let model = config.init(device);
@@ -75,6 +115,17 @@ impl Gpt2LmHeadModel {
             return Err(ModelError::MissingTensor {
                 path,
                 key: key.clone(),
+            });
+        }
+        // A body tensor nothing reads is an architecture option this model lacks (heads of
+        // other classes, e.g. `score`, sit outside `transformer.` and are fine to skip).
+        if let Some(key) = report.unused.iter().find(|k| k.starts_with("transformer.")) {
+            return Err(ModelError::Config {
+                path,
+                reason: format!(
+                    "`{key}` is part of the model but nothing here reads it (an architecture \
+                     option that is not implemented)"
+                ),
             });
         }
         Ok((model, config))

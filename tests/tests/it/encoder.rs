@@ -922,3 +922,44 @@ fn minilm_lora_query_value_has_peft_param_count() {
     ));
     assert_close("MiniLM + fresh LoRA", &host(emb), &r["embeddings"], 1e-4);
 }
+
+/// An untied masked-LM decoder is refused by name unless it equals the word embeddings
+/// (issue 14 item 7): transformers would use it, we would silently use the table.
+#[test]
+fn an_untied_mlm_decoder_is_refused_unless_equal() {
+    let device = Device::flex();
+    let src = enc("roberta-mlm");
+    for (decoder_offset, ok) in [(None, false), (Some(0.0), true), (Some(1.0), false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = "tokenizer.json";
+        std::fs::copy(src.join(tok), dir.path().join(tok)).unwrap();
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap())
+                .unwrap();
+        c["tie_word_embeddings"] = false.into();
+        std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+        let mut t: Vec<(String, HostTensor)> =
+            lora_core::read_safetensors(src.join("model.safetensors"))
+                .unwrap()
+                .into_iter()
+                .filter(|(k, _)| k != "lm_head.decoder.weight")
+                .collect();
+        if let Some(offset) = decoder_offset {
+            let table = t
+                .iter()
+                .find(|(k, _)| k.ends_with("word_embeddings.weight"))
+                .unwrap()
+                .1
+                .clone();
+            let mut d = table;
+            d.data[0] += offset;
+            t.push(("lm_head.decoder.weight".into(), d));
+        }
+        lora_core::save_safetensors(dir.path().join("model.safetensors"), &t).unwrap();
+        let r = RobertaForMaskedLM::from_pretrained(dir.path(), &device);
+        assert_eq!(r.is_ok(), ok, "{decoder_offset:?}: {:?}", r.err());
+        if let Err(e) = r {
+            assert!(e.to_string().contains("decoder"), "{e}");
+        }
+    }
+}

@@ -671,3 +671,75 @@ fn malformed_pickle_checkpoints_are_errors() {
         }
     }
 }
+
+/// A copy of tiny-a with its config edited by `config` and its tensors by `tensors`.
+fn edited_tiny_a(
+    config: impl Fn(&mut serde_json::Value),
+    tensors: impl Fn(&mut Vec<(String, HostTensor)>),
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt2/tiny-a");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config(&mut c);
+    std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+    let mut t: Vec<(String, HostTensor)> =
+        lora_core::read_safetensors(src.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors(&mut t);
+    lora_core::save_safetensors(dir.path().join("model.safetensors"), &t).unwrap();
+    dir
+}
+
+/// Checkpoint contents the model does not read are honoured or refused by name, never
+/// silently dropped (issue 14 item 7): an untied LM head, cross-attention, an unread body
+/// tensor. Other heads' tensors (`score`) are skipped as transformers skips them.
+#[test]
+fn unread_checkpoint_contents_are_refused_by_name() {
+    let device = Device::flex();
+    let load = |d: &tempfile::TempDir| Gpt2LmHeadModel::from_pretrained(d.path(), &device);
+    let wte = |t: &Vec<(String, HostTensor)>| {
+        t.iter()
+            .find(|(k, _)| k.ends_with("wte.weight"))
+            .unwrap()
+            .1
+            .clone()
+    };
+    // Untied config, lm_head equal to wte: the same model, loads.
+    let untie = |c: &mut serde_json::Value| c["tie_word_embeddings"] = false.into();
+    let same = edited_tiny_a(untie, |t| {
+        let w = wte(t);
+        t.push(("lm_head.weight".into(), w));
+    });
+    load(&same).unwrap();
+    // Untied with other values: refused, naming the setting.
+    let other = edited_tiny_a(untie, |t| {
+        let mut w = wte(t);
+        w.data[0] += 1.0;
+        t.push(("lm_head.weight".into(), w));
+    });
+    let e = load(&other).unwrap_err().to_string();
+    assert!(e.contains("tie_word_embeddings"), "{e}");
+    // Cross-attention is not implemented.
+    let cross = edited_tiny_a(|c| c["add_cross_attention"] = true.into(), |_| {});
+    let e = load(&cross).unwrap_err().to_string();
+    assert!(e.contains("add_cross_attention"), "{e}");
+    // A body tensor nothing reads: refused by name; another head's tensor: skipped.
+    let extra = |key: &'static str| {
+        edited_tiny_a(
+            |_| {},
+            move |t| {
+                let w = wte(t);
+                t.push((key.into(), w));
+            },
+        )
+    };
+    let e = load(&extra("transformer.h.0.crossattention.c_attn.weight"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("h.0.crossattention.c_attn.weight"), "{e}");
+    load(&extra("score.weight")).unwrap();
+}
