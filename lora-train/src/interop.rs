@@ -12,7 +12,7 @@
 //! use burn::optim::AdamWConfig;
 //! use burn::prelude::*;
 //! use burn::train::metric::LossMetric;
-//! use burn::train::{Learner, SupervisedTraining};
+//! use burn::train::{Interrupter, Learner, SupervisedTraining};
 //! use lora_core::LoraConfig;
 //! use lora_models::{TextTokenizer, gpt2::{CAttnMode, Gpt2LmHeadModel, inject_gpt2_lora}};
 //! use lora_train::{DataConfig, LearnerAdapter, Columns, load_text_datasets};
@@ -28,12 +28,19 @@
 //! let loader = |ds: lora_train::TextDataset| {
 //!     DataLoaderBuilder::new(ds.batcher()).batch_size(8).shuffle(42).build(ds)
 //! };
-//! let learner = Learner::new(LearnerAdapter::new(model), AdamWConfig::new().init(), 2e-4);
+//! // One interrupter for both: a failing step stops training with its message.
+//! let interrupter = Interrupter::new();
+//! let adapter = LearnerAdapter::new(model, &interrupter);
+//! let learner = Learner::new(adapter, AdamWConfig::new().init(), 2e-4);
 //! let result = SupervisedTraining::new("burn-run", loader(train), loader(valid))
 //!     .metric_train_numeric(LossMetric::new())
 //!     .metric_valid_numeric(LossMetric::new())
 //!     .num_epochs(2)
+//!     .with_interrupter(interrupter)
 //!     .launch(learner);
+//! if let Some(e) = result.model.error() {
+//!     return Err(e.into());
+//! }
 //! let trained: Gpt2LmHeadModel = result.model.inner;
 //! # let _ = trained;
 //! # Ok(())
@@ -41,11 +48,14 @@
 //! ```
 
 use burn::module::{Module, ModuleDisplay};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::ExecutionError;
 use burn::train::metric::{Adaptor, ItemLazy, LossInput};
-use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use burn::train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
+use std::sync::{Arc, Mutex};
 
+use crate::error::TrainError;
 use crate::model::TrainModel;
 #[allow(unused_imports)] // named in the docs
 use crate::{Trainer, dataset::TextDataset};
@@ -53,21 +63,72 @@ use crate::{Trainer, dataset::TextDataset};
 /// A [`TrainModel`] as a burn `Learner` model: `TrainStep` runs
 /// [`TrainModel::train_step`] and backward, `InferenceStep` runs [`TrainModel::eval_step`].
 ///
-/// burn's step traits cannot fail, so an error from the model (for instance a sequence longer
-/// than the model accepts) panics with its message there; [`Trainer`] returns it instead.
+/// burn's step traits cannot return an error. When the model returns one (a sequence longer
+/// than it accepts, say), the adapter stops training through burn's [`Interrupter`]: pass the
+/// same interrupter to `SupervisedTraining::with_interrupter`. The step itself yields a NaN
+/// loss and no gradient, so nothing is updated. `LearningResult::interrupted` then carries the
+/// message, and [`LearnerAdapter::error`] the first error. [`Trainer`] returns the error
+/// directly instead.
 #[derive(Module, Debug)]
 pub struct LearnerAdapter<M: Module> {
     /// The wrapped model.
     pub inner: M,
+    #[module(skip)]
+    failure: StepFailure,
+}
+
+/// Where a failing step reports to: burn's interrupter, and the first error's message.
+#[derive(Clone, Default)]
+struct StepFailure {
+    interrupter: Interrupter,
+    first: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepFailure")
+            .field("first", &self.message())
+            .finish()
+    }
+}
+
+impl StepFailure {
+    fn record(&self, what: &str, e: &TrainError) {
+        let message = format!("{what} step failed: {e}");
+        if let Ok(mut first) = self.first.lock() {
+            first.get_or_insert_with(|| message.clone());
+        }
+        self.interrupter.stop(Some(&message));
+    }
+
+    fn message(&self) -> Option<String> {
+        self.first.lock().ok().and_then(|m| m.clone())
+    }
 }
 
 impl<M: Module> LearnerAdapter<M> {
     /// Wraps `inner`, in training mode (autodiff on its device, trainable parameters tracked),
-    /// which burn's `Learner` expects.
-    pub fn new(inner: M) -> Self {
+    /// which burn's `Learner` expects. A failing step stops training through `interrupter`.
+    pub fn new(inner: M, interrupter: &Interrupter) -> Self {
         Self {
             inner: inner.train(),
+            failure: StepFailure {
+                interrupter: interrupter.clone(),
+                first: Arc::default(),
+            },
         }
+    }
+
+    /// The first step error, if a step failed (training was stopped then).
+    pub fn error(&self) -> Option<String> {
+        self.failure.message()
+    }
+}
+
+/// A step that updates nothing: NaN loss (so it shows in burn's metrics), no gradient.
+fn failed_step(device: &Device) -> StepLoss {
+    StepLoss {
+        loss: Tensor::full([1], f32::NAN, device),
     }
 }
 
@@ -102,12 +163,20 @@ where
     type Output = StepLoss;
 
     fn step(&self, batch: M::Batch) -> TrainOutput<StepLoss> {
-        let out = match self.inner.train_step(&batch) {
-            Ok(out) => out,
-            Err(e) => panic!("train step failed: {e}"),
-        };
-        let grads = out.loss.backward();
-        TrainOutput::new(self, grads, StepLoss { loss: out.loss })
+        match self.inner.train_step(&batch) {
+            Ok(out) => {
+                let grads = out.loss.backward();
+                TrainOutput::new(self, grads, StepLoss { loss: out.loss })
+            }
+            Err(e) => {
+                self.failure.record("train", &e);
+                let device = self.inner.devices().into_iter().next().unwrap_or_default();
+                TrainOutput {
+                    grads: GradientsParams::new(),
+                    item: failed_step(&device),
+                }
+            }
+        }
     }
 }
 
@@ -122,7 +191,11 @@ where
     fn step(&self, batch: M::Batch) -> StepLoss {
         match self.inner.eval_step(&batch) {
             Ok(out) => StepLoss { loss: out.loss },
-            Err(e) => panic!("evaluation step failed: {e}"),
+            Err(e) => {
+                self.failure.record("evaluation", &e);
+                let device = self.inner.devices().into_iter().next().unwrap_or_default();
+                failed_step(&device)
+            }
         }
     }
 }

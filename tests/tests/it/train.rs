@@ -1129,7 +1129,7 @@ fn burn_learner_drives_the_same_model() {
     use burn::data::dataloader::DataLoaderBuilder;
     use burn::optim::AdamWConfig;
     use burn::train::metric::LossMetric;
-    use burn::train::{Learner, SupervisedTraining};
+    use burn::train::{Interrupter, Learner, SupervisedTraining};
     use lora_train::LearnerAdapter;
 
     let device = Device::flex();
@@ -1151,12 +1151,35 @@ fn burn_learner_drives_the_same_model() {
             .build(ds)
     };
     let dir = tempfile::tempdir().unwrap();
-    let learner = Learner::new(LearnerAdapter::new(model), AdamWConfig::new().init(), 1e-2);
-    let result = SupervisedTraining::new(dir.path(), loader(train), loader(valid))
-        .metric_train_numeric(LossMetric::new())
-        .metric_valid_numeric(LossMetric::new())
-        .num_epochs(1)
-        .launch(learner);
+    let run = |model, train, valid| {
+        let interrupter = Interrupter::new();
+        let adapter = LearnerAdapter::new(model, &interrupter);
+        let learner = Learner::new(adapter, AdamWConfig::new().init(), 1e-2);
+        SupervisedTraining::new(dir.path(), loader(train), loader(valid))
+            .metric_train_numeric(LossMetric::new())
+            .metric_valid_numeric(LossMetric::new())
+            .num_epochs(1)
+            .with_interrupter(interrupter)
+            .launch(learner)
+    };
+    // A step error (sequences past tiny-a's 32 positions) stops training through burn's
+    // interrupter with the message; before, the step panicked.
+    let long = TextItem {
+        input_ids: vec![5; 40],
+        token_type_ids: vec![0; 40],
+        target: ItemTarget::Tokens { loss_from: 0 },
+    };
+    let too_long = TextDataset::from_items(vec![long; 4], 50256, TargetKind::Tokens).unwrap();
+    let failed = run(model.clone(), too_long.clone(), too_long);
+    let reason = failed
+        .interrupted
+        .and_then(|i| i.reason)
+        .unwrap_or_default();
+    assert!(reason.contains("train step failed"), "{reason}");
+    assert!(failed.model.error().is_some_and(|e| e.contains("32")));
+
+    let result = run(model, train, valid);
+    assert!(result.interrupted.is_none() && result.model.error().is_none());
     let trained = result.model.inner.train();
     let d = max_param_diff(&before, &values(&trained));
     eprintln!("burn Learner: adapter moved by up to {d:.2e}");
