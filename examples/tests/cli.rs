@@ -779,3 +779,83 @@ fn ids_outside_the_vocabulary_are_one_clear_line() {
         assert_eq!(errors, 1, "{args:?}: {err}");
     }
 }
+
+/// `kill -9` of a real `train` at 12 moments spread over the run (some land on a checkpoint
+/// write, the last ones on the final saves): every checkpoint and adapter left behind loads, and
+/// `--resume` (or a fresh start when no checkpoint was complete) ends with an adapter
+/// bit-identical to an uninterrupted run's.
+#[cfg(unix)]
+#[test]
+fn kill_9_at_any_moment_then_resume_ends_bit_identical() {
+    use std::time::Instant;
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            "fixtures/gpt2/tiny-a",
+            "--tokenizer",
+            "fixtures/gpt2/tokenizer",
+            "--data",
+            "fixtures/train/lm.jsonl",
+            "--epochs",
+            "6",
+            "--batch-size",
+            "2",
+            "--out",
+        ];
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_gpt2-lora"));
+        c.args(args).current_dir(root());
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let adapter = |out: &std::path::Path| {
+        std::fs::read(out.join("adapter").join("adapter_model.safetensors")).unwrap()
+    };
+    let reference = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let o = train(reference.path(), &[]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full = start.elapsed();
+    let want = adapter(reference.path());
+    let (mut resumed, mut fresh) = (0, 0);
+    for trial in 0..12u32 {
+        let out = tempfile::tempdir().unwrap();
+        let mut child = train(out.path(), &[]).spawn().unwrap();
+        std::thread::sleep(full.mul_f64((f64::from(trial) + 0.5) / 12.0));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Whatever is left is whole: checkpoints load, an adapter reads.
+        let checkpoints = lora_train::checkpoint::list_checkpoints(out.path()).unwrap();
+        for (_, dir) in &checkpoints {
+            lora_train::TrainerState::load(dir).unwrap();
+        }
+        if out
+            .path()
+            .join("adapter")
+            .join("adapter_config.json")
+            .exists()
+        {
+            lora_core::LoraConfig::load(out.path().join("adapter")).unwrap();
+            lora_core::read_safetensors(out.path().join("adapter/adapter_model.safetensors"))
+                .unwrap();
+        }
+        let flag = if checkpoints.is_empty() {
+            fresh += 1;
+            "--overwrite"
+        } else {
+            resumed += 1;
+            "--resume"
+        };
+        let o = train(out.path(), &[flag]).output().unwrap();
+        assert!(o.status.success(), "trial {trial}: {}", stderr(&o));
+        assert!(
+            adapter(out.path()) == want,
+            "trial {trial} ({flag}): another adapter"
+        );
+    }
+    eprintln!("kill -9: {resumed} trials resumed from a checkpoint, {fresh} started over");
+    assert!(resumed >= 3, "too few trials had a checkpoint: {resumed}");
+}
