@@ -77,8 +77,16 @@ impl TextTokenizer {
     /// transformers does: `encode` returns one sequence's ids, batches are padded by the caller,
     /// and truncation is asked for explicitly ([`with_truncation`](Self::with_truncation)).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut inner =
-            Tokenizer::from_file(path).map_err(|e| tok_err(&path.display().to_string(), e))?;
+        let name = path.display().to_string();
+        // The tokenizers crate unwraps inside some of its deserializers (a malformed decoder
+        // section panics): its panic becomes an error naming the file.
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_file(path)).map_err(|_| {
+            tok_err(
+                &name,
+                "malformed tokenizer.json (the tokenizers crate panicked reading it)",
+            )
+        })?;
+        let mut inner = parsed.map_err(|e| tok_err(&name, e))?;
         inner.with_padding(None);
         inner
             .with_truncation(None)

@@ -334,6 +334,15 @@ fn load<M: EncoderCheckpoint>(
             }
         }
     }
+    // The model is built from the config before the weights arrive: a layer count the
+    // checkpoint does not back would allocate for nothing (or abort, for a corrupt count).
+    let last = format!(
+        "encoder.layer.{}.output.dense.weight",
+        config.num_hidden_layers - 1
+    );
+    if !state.keys().any(|k| k.ends_with(&last)) {
+        return Err(ModelError::MissingTensor { path, key: last });
+    }
     // Parameters are lazy: only what the checkpoint lacks is ever randomly initialised.
     let model = M::build(&config, device);
     let (model, report) = lora_core::load_state_dict(model, state, false)?;

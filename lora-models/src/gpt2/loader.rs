@@ -107,6 +107,12 @@ impl Gpt2LmHeadModel {
         let (path, state) = read_weights(dir)?;
         check_tied_head(&config, &state, &path)?;
         let state = normalize_keys(state, &path)?;
+        // The model is built from the config before the weights arrive: a layer count the
+        // checkpoint does not back would allocate for nothing (or abort, for a corrupt count).
+        let last = format!("transformer.h.{}.ln_1.weight", config.n_layer - 1);
+        if !state.contains_key(&last) {
+            return Err(ModelError::MissingTensor { path, key: last });
+        }
         // Parameters are lazy: this allocates nothing until the weights replace them.
         let model = config.init(device);
         // GPT-2's Conv1D stores [in, out], burn's layout: no transpose (fan_in_fan_out).

@@ -7,6 +7,7 @@ mod core_adapter;
 mod core_layers;
 mod core_targeting;
 mod encoder;
+mod fuzz;
 mod gpt2;
 mod peft_files;
 mod peft_oracle;
