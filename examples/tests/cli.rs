@@ -859,3 +859,111 @@ fn kill_9_at_any_moment_then_resume_ends_bit_identical() {
     eprintln!("kill -9: {resumed} trials resumed from a checkpoint, {fresh} started over");
     assert!(resumed >= 3, "too few trials had a checkpoint: {resumed}");
 }
+
+/// Valid command lines of both programs, each damaged at random (a value swapped for a wrong
+/// one: missing files, other formats, negative, huge or non-numbers; a flag dropped or added):
+/// each ends with status 0, 1 (one `error:` line) or 2 (clap's usage error), never a panic.
+/// Seeded; `LORA_FUZZ_CASES` scales it (default 40 per program).
+#[test]
+fn damaged_command_lines_never_panic() {
+    let cases: usize = std::env::var("LORA_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(40, |n: usize| n / 4);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let out = out.to_str().unwrap().to_string();
+    let base = |program: &str, command: usize| -> Vec<String> {
+        let gpt2 = [
+            "train --model fixtures/gpt2/tiny-a --tokenizer fixtures/gpt2/tokenizer --data fixtures/train/lm.jsonl --max-steps 2 --batch-size 2 --out OUT",
+            "eval --model fixtures/gpt2/tiny-a --tokenizer fixtures/gpt2/tokenizer --data fixtures/train/lm.jsonl --adapter fixtures/gpt2/peft-c_attn",
+            "generate --model fixtures/gpt2/tiny-a --tokenizer fixtures/gpt2/tokenizer --prompt hello --max-new-tokens 3 --num-beams 2",
+            "merge --model fixtures/gpt2/tiny-a --adapter fixtures/gpt2/peft-c_attn --out OUT",
+        ];
+        let encoder = [
+            "train --model fixtures/encoder/roberta-a --data fixtures/train/sentiment.csv --max-steps 2 --batch-size 2 --out OUT",
+            "eval --model fixtures/encoder/roberta-a --data fixtures/train/sentiment.csv",
+            "train --model fixtures/encoder/bert-b --data fixtures/train/stsb.tsv --max-steps 2 --out OUT",
+            "eval --model fixtures/encoder/bert-b --data fixtures/train/stsb.tsv",
+        ];
+        let line = if program == "gpt2-lora" {
+            gpt2[command]
+        } else {
+            encoder[command]
+        };
+        line.split(' ').map(|w| w.replace("OUT", &out)).collect()
+    };
+    let bad = [
+        "fixtures/missing",
+        "README.md",
+        "fixtures/train/e2e.txt",
+        "fixtures/encoder/roberta-a",
+        "fixtures/gpt2/tiny-b",
+        "0",
+        "-1",
+        "1e309",
+        "NaN",
+        "99999999999999999999",
+        "",
+        "--json",
+    ];
+    let extra = [
+        "--lr",
+        "--r",
+        "--seed",
+        "--device",
+        "--resume",
+        "--overwrite",
+        "--valid",
+    ];
+    let mut g = lora_train::sampler::SplitMix64::new(7);
+    let mut pick = |n: usize| g.below(n as u64) as usize;
+    let mut statuses = std::collections::BTreeMap::new();
+    for program in ["gpt2-lora", "encoder-lora"] {
+        let exe = match program {
+            "gpt2-lora" => env!("CARGO_BIN_EXE_gpt2-lora"),
+            _ => env!("CARGO_BIN_EXE_encoder-lora"),
+        };
+        for case in 0..cases {
+            let mut args = base(program, pick(4));
+            // One damage in most cases; some lines stay valid (status 0 must stay reachable).
+            for _ in 0..usize::from(pick(5) != 0) {
+                let i = 1 + pick(args.len() - 1);
+                match pick(3) {
+                    0 if !args[i].starts_with("--") => args[i] = bad[pick(bad.len())].into(),
+                    1 if args.len() > 2 => {
+                        args.remove(i);
+                    }
+                    _ => {
+                        args.push(extra[pick(extra.len())].into());
+                        args.push(bad[pick(bad.len())].into());
+                    }
+                }
+            }
+            let o = Command::new(exe)
+                .args(&args)
+                .current_dir(root())
+                .output()
+                .unwrap();
+            let err = stderr(&o);
+            let code = o.status.code();
+            *statuses.entry(code).or_insert(0) += 1;
+            assert!(
+                !err.contains("panicked"),
+                "{program} {args:?} (case {case}): {err}"
+            );
+            assert!(
+                matches!(code, Some(0..=2)),
+                "{program} {args:?}: {code:?} {err}"
+            );
+            if code == Some(1) {
+                let errors = err.lines().filter(|l| l.starts_with("error")).count();
+                assert_eq!(errors, 1, "{program} {args:?}: {err}");
+            }
+        }
+    }
+    eprintln!(
+        "fuzz command lines: {} cases, exit statuses {statuses:?}",
+        2 * cases
+    );
+}
