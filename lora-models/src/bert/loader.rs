@@ -353,6 +353,27 @@ fn load<M: EncoderCheckpoint>(
     if let Some(key) = missing.into_iter().next() {
         return Err(ModelError::MissingTensor { path, key });
     }
+    // transformers reads every embeddings/encoder tensor and this class's head: one nothing
+    // here reads is an architecture option that is not implemented. Other classes' heads
+    // (RoBERTa's pooler, an MLM head under a classifier) are skipped, as transformers does.
+    let unread = report.unused.iter().find(|k| {
+        let body = k
+            .strip_prefix("roberta.")
+            .or_else(|| k.strip_prefix("bert."))
+            .unwrap_or(k);
+        body.starts_with("embeddings.")
+            || body.starts_with("encoder.")
+            || in_modules(k, M::HEAD_MODULES)
+    });
+    if let Some(key) = unread {
+        return Err(ModelError::Config {
+            path,
+            reason: format!(
+                "`{key}` is part of the model but nothing here reads it (an architecture option \
+                 that is not implemented)"
+            ),
+        });
+    }
     Ok(Pretrained {
         model,
         config,

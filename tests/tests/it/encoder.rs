@@ -963,3 +963,36 @@ fn an_untied_mlm_decoder_is_refused_unless_equal() {
         }
     }
 }
+
+/// A tensor of the encoder body (or of this class's head) that nothing reads is refused by
+/// name; other classes' tensors (RoBERTa's pooler, an MLM head) are skipped, as transformers
+/// skips them (issue 14 item 7).
+#[test]
+fn unread_encoder_tensors_are_refused_by_name() {
+    let device = Device::flex();
+    let src = enc("roberta-a");
+    let with_extra = |key: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let mut t: Vec<(String, HostTensor)> =
+            lora_core::read_safetensors(src.join("model.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let any = t[0].1.clone();
+        t.push((key.to_string(), any));
+        lora_core::save_safetensors(dir.path().join("model.safetensors"), &t).unwrap();
+        RobertaForSequenceClassification::from_pretrained(dir.path(), &device).map(|_| ())
+    };
+    let key = "roberta.encoder.layer.0.attention.self.distance_embedding.weight";
+    let e = with_extra(key).unwrap_err().to_string();
+    assert!(e.contains(key), "{e}");
+    let e = with_extra("classifier.extra.weight")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("classifier.extra.weight"), "{e}");
+    with_extra("roberta.pooler.dense.weight").unwrap();
+    with_extra("lm_head.dense.weight").unwrap();
+}
