@@ -967,3 +967,88 @@ fn damaged_command_lines_never_panic() {
         2 * cases
     );
 }
+
+/// A full disk during the saves of step 14 (the best adapter's, then the checkpoint's; the
+/// per-file size limit of `ulimit -f`, with SIGXFSZ ignored, makes the first one fail with EFBIG
+/// as ENOSPC would; a tmpfs would need mount rights CI may lack): one clear error line,
+/// the previous checkpoint and adapters intact, no temporary directory left, and `--resume`
+/// with room again ends bit-identical to an uninterrupted run.
+#[cfg(unix)]
+#[test]
+fn a_full_disk_during_a_checkpoint_keeps_the_previous_one() {
+    let exe = env!("CARGO_BIN_EXE_gpt2-lora");
+    let args = |out: &std::path::Path, extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "train",
+            "--model",
+            "fixtures/gpt2/tiny-a",
+            "--tokenizer",
+            "fixtures/gpt2/tokenizer",
+            "--data",
+            "fixtures/train/lm.jsonl",
+            "--epochs",
+            "6",
+            "--batch-size",
+            "2",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(out.to_str().unwrap().into());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let reference = tempfile::tempdir().unwrap();
+    let o = Command::new(exe)
+        .args(args(reference.path(), &[]))
+        .current_dir(root())
+        .output();
+    assert!(o.unwrap().status.success());
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(exe)
+        .args(args(out.path(), &["--max-steps", "7"]))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // 4 KiB per file: the step-14 writes (adapters, optimizer state) do not fit.
+    let limited = "trap '' XFSZ; ulimit -f 4; exec \"$0\" \"$@\"";
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(limited)
+        .arg(exe)
+        .args(args(out.path(), &["--resume"]))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("File too large") || errors[0].contains("No space"),
+        "{err}"
+    );
+    let checkpoints = lora_train::checkpoint::list_checkpoints(out.path()).unwrap();
+    assert_eq!(checkpoints.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [7]);
+    lora_train::TrainerState::load(&checkpoints[0].1).unwrap();
+    for dir in ["adapter", "best"] {
+        let d = out.path().join(dir);
+        lora_core::read_safetensors(d.join("adapter_model.safetensors")).unwrap();
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let o = Command::new(exe)
+        .args(args(out.path(), &["--resume"]))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let adapter = |d: &std::path::Path| std::fs::read(d.join("adapter/adapter_model.safetensors"));
+    assert!(adapter(out.path()).unwrap() == adapter(reference.path()).unwrap());
+}
