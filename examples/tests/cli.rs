@@ -780,10 +780,12 @@ fn ids_outside_the_vocabulary_are_one_clear_line() {
     }
 }
 
-/// `kill -9` of a real `train` at 12 moments spread over the run (some land on a checkpoint
-/// write, the last ones on the final saves): every checkpoint and adapter left behind loads, and
-/// `--resume` (or a fresh start when no checkpoint was complete) ends with an adapter
-/// bit-identical to an uninterrupted run's.
+/// `kill -9` of a real `train` at 12 moments spread over the run. Saves are slowed
+/// (`LORA_BURN_SAVE_DELAY_MS`) so that kills land inside checkpoint and adapter writes, the
+/// final ones included. Every checkpoint and adapter left behind loads (an adapter caught
+/// between the two renames of its replacement is `adapter.old`, which the next run puts
+/// back), and `--resume` (or a fresh start when no checkpoint was complete) ends with an
+/// adapter bit-identical to an uninterrupted run's.
 #[cfg(unix)]
 #[test]
 fn kill_9_at_any_moment_then_resume_ends_bit_identical() {
@@ -815,32 +817,50 @@ fn kill_9_at_any_moment_then_resume_ends_bit_identical() {
         std::fs::read(out.join("adapter").join("adapter_model.safetensors")).unwrap()
     };
     let reference = tempfile::tempdir().unwrap();
-    let start = Instant::now();
     let o = train(reference.path(), &[]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let full = start.elapsed();
     let want = adapter(reference.path());
-    let (mut resumed, mut fresh) = (0, 0);
+    let (mut resumed, mut fresh, mut mid_save) = (0, 0, 0);
+    // With slowed saves the run takes longer: measure it once.
+    let slow = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    let mut c = train(slow.path(), &[]);
+    assert!(
+        c.env("LORA_BURN_SAVE_DELAY_MS", "150")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let full = start.elapsed();
     for trial in 0..12u32 {
         let out = tempfile::tempdir().unwrap();
-        let mut child = train(out.path(), &[]).spawn().unwrap();
+        let mut c = train(out.path(), &[]);
+        let mut child = c.env("LORA_BURN_SAVE_DELAY_MS", "150").spawn().unwrap();
         std::thread::sleep(full.mul_f64((f64::from(trial) + 0.5) / 12.0));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        // Whatever is left is whole: checkpoints load, an adapter reads.
+        let names: Vec<String> = std::fs::read_dir(out.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        mid_save += usize::from(
+            names
+                .iter()
+                .any(|n| n.ends_with(".tmp") || n.ends_with(".old")),
+        );
+        // Whatever is complete is whole: checkpoints load, adapters read.
         let checkpoints = lora_train::checkpoint::list_checkpoints(out.path()).unwrap();
         for (_, dir) in &checkpoints {
             lora_train::TrainerState::load(dir).unwrap();
         }
-        if out
-            .path()
-            .join("adapter")
-            .join("adapter_config.json")
-            .exists()
-        {
-            lora_core::LoraConfig::load(out.path().join("adapter")).unwrap();
-            lora_core::read_safetensors(out.path().join("adapter/adapter_model.safetensors"))
-                .unwrap();
+        for dir in ["adapter", "adapter.old", "best", "best.old"] {
+            let d = out.path().join(dir);
+            if d.join("adapter_config.json").exists() {
+                lora_core::LoraConfig::load(&d).unwrap();
+                lora_core::read_safetensors(d.join("adapter_model.safetensors")).unwrap();
+            }
         }
         let flag = if checkpoints.is_empty() {
             fresh += 1;
@@ -856,8 +876,15 @@ fn kill_9_at_any_moment_then_resume_ends_bit_identical() {
             "trial {trial} ({flag}): another adapter"
         );
     }
-    eprintln!("kill -9: {resumed} trials resumed from a checkpoint, {fresh} started over");
+    eprintln!(
+        "kill -9: {resumed} trials resumed from a checkpoint, {fresh} started over, \
+         {mid_save} killed inside a save"
+    );
     assert!(resumed >= 3, "too few trials had a checkpoint: {resumed}");
+    assert!(
+        mid_save >= 3,
+        "too few kills landed inside a save: {mid_save}"
+    );
 }
 
 /// Valid command lines of both programs, each damaged at random (a value swapped for a wrong

@@ -133,13 +133,16 @@ pub fn write_dir_atomic(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    // Replacing a directory is two renames; in between, `old` still holds the previous copy.
+    fault_injection_pause();
+    // Replacing a directory is two renames; in between, `old` still holds the previous copy
+    // (and `remove_stale` puts it back if the process dies there).
     let old = target.with_extension("old");
     if target.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(TrainError::io("cannot remove", &old))?;
         }
         std::fs::rename(target, &old).map_err(TrainError::io("cannot rename", target))?;
+        fault_injection_pause();
     }
     std::fs::rename(&tmp, target).map_err(TrainError::io("cannot rename", &tmp))?;
     if old.exists() {
@@ -152,6 +155,21 @@ pub fn write_dir_atomic(target: &Path, fill: impl FnOnce(&Path) -> Result<()>) -
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Test hook for fault-injection tests: `LORA_BURN_SAVE_DELAY_MS` makes every atomic
+/// directory write pause that long after writing and between its renames, so that a `kill -9`
+/// can be made to land inside one. Unset (always, outside such tests), it costs nothing.
+fn fault_injection_pause() {
+    static DELAY: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var("LORA_BURN_SAVE_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(ms) = delay {
+        std::thread::sleep(std::time::Duration::from_millis(*ms));
+    }
 }
 
 fn tmp_path(target: &Path) -> PathBuf {
@@ -232,16 +250,27 @@ pub fn prune_checkpoints(output_dir: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Removes `*.tmp` and `*.old` leftovers of interrupted writes under `output_dir`.
+/// Cleans up after interrupted writes under `output_dir`: `*.tmp` directories are removed; an
+/// `X.old` whose `X` is missing (the process died between the two renames of a replacement)
+/// is put back as `X`, other `*.old` are removed.
 pub fn remove_stale(output_dir: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(output_dir) else {
         return Ok(());
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let stale = path.extension().is_some_and(|e| e == "tmp" || e == "old") && path.is_dir();
-        if stale {
-            std::fs::remove_dir_all(&path).map_err(TrainError::io("cannot remove", &path))?;
+        if !path.is_dir() {
+            continue;
+        }
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("old") if !path.with_extension("").exists() => {
+                let target = path.with_extension("");
+                std::fs::rename(&path, &target).map_err(TrainError::io("cannot rename", &path))?;
+            }
+            Some("tmp" | "old") => {
+                std::fs::remove_dir_all(&path).map_err(TrainError::io("cannot remove", &path))?;
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -250,6 +279,23 @@ pub fn remove_stale(output_dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replacement killed between its renames leaves only `X.old`: it comes back as `X`.
+    #[test]
+    fn stale_leftovers_are_removed_or_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        for d in ["adapter.old", "best", "best.old", "checkpoint-3.tmp"] {
+            std::fs::create_dir_all(p(d)).unwrap();
+        }
+        std::fs::write(p("adapter.old").join("a"), "kept").unwrap();
+        remove_stale(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(p("adapter").join("a")).unwrap(),
+            "kept"
+        );
+        assert!(p("best").exists() && !p("best.old").exists() && !p("checkpoint-3.tmp").exists());
+    }
 
     fn state(step: usize) -> TrainerState {
         TrainerState {
