@@ -780,6 +780,17 @@ fn ids_outside_the_vocabulary_are_one_clear_line() {
     }
 }
 
+/// `gpt2-lora train` on tiny-a for 6 epochs of batch 2 (42 steps, a checkpoint each epoch)
+/// into `out`, plus `extra`: the run the fault-injection tests interrupt.
+fn tiny_train_args(out: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let base = "train --model fixtures/gpt2/tiny-a --tokenizer fixtures/gpt2/tokenizer \
+                --data fixtures/train/lm.jsonl --epochs 6 --batch-size 2 --out";
+    let mut args: Vec<String> = base.split_whitespace().map(str::to_string).collect();
+    args.push(out.to_str().unwrap().into());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// `kill -9` of a real `train` at 12 moments spread over the run. Saves are slowed
 /// (`LORA_BURN_SAVE_DELAY_MS`) so that kills land inside checkpoint and adapter writes, the
 /// final ones included. Every checkpoint and adapter left behind loads (an adapter caught
@@ -791,22 +802,7 @@ fn ids_outside_the_vocabulary_are_one_clear_line() {
 fn kill_9_at_any_moment_then_resume_ends_bit_identical() {
     use std::time::Instant;
     let train = |out: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--model",
-            "fixtures/gpt2/tiny-a",
-            "--tokenizer",
-            "fixtures/gpt2/tokenizer",
-            "--data",
-            "fixtures/train/lm.jsonl",
-            "--epochs",
-            "6",
-            "--batch-size",
-            "2",
-            "--out",
-        ];
-        args.push(out.to_str().unwrap());
-        args.extend_from_slice(extra);
+        let args = tiny_train_args(out, extra);
         let mut c = Command::new(env!("CARGO_BIN_EXE_gpt2-lora"));
         c.args(args).current_dir(root());
         c.stdout(std::process::Stdio::null())
@@ -1004,28 +1000,7 @@ fn damaged_command_lines_never_panic() {
 #[test]
 fn a_full_disk_during_a_checkpoint_keeps_the_previous_one() {
     let exe = env!("CARGO_BIN_EXE_gpt2-lora");
-    let args = |out: &std::path::Path, extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "train",
-            "--model",
-            "fixtures/gpt2/tiny-a",
-            "--tokenizer",
-            "fixtures/gpt2/tokenizer",
-            "--data",
-            "fixtures/train/lm.jsonl",
-            "--epochs",
-            "6",
-            "--batch-size",
-            "2",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.push(out.to_str().unwrap().into());
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
+    let args = tiny_train_args;
     let reference = tempfile::tempdir().unwrap();
     let o = Command::new(exe)
         .args(args(reference.path(), &[]))
