@@ -791,7 +791,7 @@ fn tiny_train_args(out: &std::path::Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// `kill -9` of a real `train` at 12 moments spread over the run. Saves are slowed
+/// `kill -9` of a real `train` at 10 moments spread over the run. Saves are slowed
 /// (`LORA_BURN_SAVE_DELAY_MS`) so that kills land inside checkpoint and adapter writes, the
 /// final ones included. Every checkpoint and adapter left behind loads (an adapter caught
 /// between the two renames of its replacement is `adapter.old`, which the next run puts
@@ -822,18 +822,18 @@ fn kill_9_at_any_moment_then_resume_ends_bit_identical() {
     let start = Instant::now();
     let mut c = train(slow.path(), &[]);
     assert!(
-        c.env("LORA_BURN_SAVE_DELAY_MS", "150")
+        c.env("LORA_BURN_SAVE_DELAY_MS", "100")
             .output()
             .unwrap()
             .status
             .success()
     );
     let full = start.elapsed();
-    for trial in 0..12u32 {
+    for trial in 0..10u32 {
         let out = tempfile::tempdir().unwrap();
         let mut c = train(out.path(), &[]);
-        let mut child = c.env("LORA_BURN_SAVE_DELAY_MS", "150").spawn().unwrap();
-        std::thread::sleep(full.mul_f64((f64::from(trial) + 0.5) / 12.0));
+        let mut child = c.env("LORA_BURN_SAVE_DELAY_MS", "100").spawn().unwrap();
+        std::thread::sleep(full.mul_f64((f64::from(trial) + 0.5) / 10.0));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let names: Vec<String> = std::fs::read_dir(out.path())
