@@ -22,12 +22,23 @@ pub fn load(rel: &str) -> HashMap<String, HostTensor> {
     lora_core::read_safetensors(fixture(rel)).expect("fixture present and readable")
 }
 
+/// Whether missing optional test inputs (the MiniLM weights, a wgpu adapter) must fail the
+/// tests instead of skipping them: `LORA_REQUIRE_ASSETS=1`, which CI sets because it installs
+/// and fetches them.
+pub fn assets_required() -> bool {
+    std::env::var("LORA_REQUIRE_ASSETS").is_ok_and(|v| v == "1")
+}
+
 /// Devices every backend-generic test runs on: flex and ndarray always, wgpu when an adapter
-/// exists (otherwise a visible skip line).
+/// exists (otherwise a visible skip line, or a failure under [`assets_required`]).
 pub fn devices() -> Vec<(&'static str, Device)> {
     let devices = lora_core::device::test_devices();
     if !devices.iter().any(|(n, _)| *n == "wgpu") {
         let why = lora_core::device::wgpu_device().err().unwrap_or_default();
+        assert!(
+            !assets_required(),
+            "no wgpu adapter, and LORA_REQUIRE_ASSETS=1: {why}"
+        );
         eprintln!("SKIP wgpu: {why}");
     }
     devices

@@ -817,7 +817,8 @@ fn bad_inputs_are_clear_errors() {
 
 // ----------------------------------------------------------------------- real weights
 
-/// The fetched all-MiniLM-L6-v2 directory, or `None` with a visible skip line.
+/// The fetched all-MiniLM-L6-v2 directory, or `None` with a visible skip line (a failure
+/// under `LORA_REQUIRE_ASSETS=1`, as in CI, which fetches it).
 fn minilm_dir() -> Option<PathBuf> {
     let root = std::env::var_os("LORA_ASSETS_DIR")
         .map(PathBuf::from)
@@ -830,6 +831,11 @@ fn minilm_dir() -> Option<PathBuf> {
     if dir.join("model.safetensors").exists() {
         Some(dir)
     } else {
+        assert!(
+            !crate::common::assets_required(),
+            "{} not found, and LORA_REQUIRE_ASSETS=1 (run scripts/fetch_assets.sh)",
+            dir.display()
+        );
         eprintln!(
             "SKIP MiniLM tests: {} not found (run scripts/fetch_assets.sh)",
             dir.display()
