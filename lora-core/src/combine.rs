@@ -10,7 +10,7 @@ use crate::config::{AdapterSpec, InitLoraWeights, LoraConfig, PatternMap, Target
 use crate::error::{LoraError, Result};
 use crate::layer::Factors;
 use crate::linalg::{Mat, svd, thin_qr, to_mat, to_tensor};
-use crate::model::{adapted_paths, sync_adapter_grads};
+use crate::model::sync_adapter_grads;
 use crate::sites::LoraSites;
 
 /// How [`add_weighted_adapter`] combines adapters (PEFT's `combination_type`).
@@ -31,21 +31,21 @@ pub enum Combination {
 }
 
 /// One combined adapter at one site, on the host.
-struct Part {
-    adapter: String,
-    weight: f64,
+pub(crate) struct Part {
+    pub adapter: String,
+    pub weight: f64,
     /// `[d_in, r]`.
-    a: Mat,
+    pub a: Mat,
     /// `[r, d_out]`.
-    b: Mat,
-    scale: f64,
+    pub b: Mat,
+    pub scale: f64,
 }
 
 /// One site's factors of the adapters being combined (those present there, in call order).
-struct SiteFactors {
-    path: String,
-    device: Device,
-    parts: Vec<Part>,
+pub(crate) struct SiteFactors {
+    pub path: String,
+    pub device: Device,
+    pub parts: Vec<Part>,
 }
 
 /// Adds adapter `name`, combining `adapters` (name and weight each) as PEFT's
@@ -85,11 +85,7 @@ pub fn add_weighted_adapter<M: Module + LoraSites>(
     };
     let mut combined = BTreeMap::new();
     for site in &sites {
-        let (a, b) = match combination {
-            Combination::Linear => linear(site, rank)?,
-            Combination::Cat => cat(site, rank),
-            Combination::Svd { .. } => svd_combined(site, rank),
-        };
+        let (a, b) = combine_site(site, combination, rank)?;
         let factors = Factors {
             a: to_tensor(&a, &site.device, &site.path)?,
             b: to_tensor(&b, &site.device, &site.path)?,
@@ -107,32 +103,38 @@ pub fn add_weighted_adapter<M: Module + LoraSites>(
         l.set_factors(name, factors, p)?;
         l.set_active(&before)
     })?;
-    let mut out = config.clone();
-    out.r = rank;
-    out.lora_alpha = rank as f64;
-    out.rank_pattern = PatternMap::new();
-    out.alpha_pattern = PatternMap::new();
-    out.target_modules = Some(TargetModules::List(
-        sites.into_iter().map(|s| s.path).collect(),
-    ));
+    let out = combined_config(config, rank, sites.into_iter().map(|s| s.path).collect());
     Ok((sync_adapter_grads(model), out))
 }
 
 fn check_inputs<M: LoraSites>(model: &M, adapters: &[(&str, f64)], name: &str) -> Result<()> {
+    let mut names = Vec::new();
+    model.visit_lora_sites("", &mut |_, l| {
+        for n in l.adapter_names() {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    });
+    check_names(&names, adapters, name)
+}
+
+/// The name checks of [`add_weighted_adapter`], for any path: `names` are the model's adapters.
+pub(crate) fn check_names(names: &[String], adapters: &[(&str, f64)], name: &str) -> Result<()> {
     if adapters.is_empty() {
         return Err(LoraError::config(
             "adapters",
             "add_weighted_adapter needs at least one",
         ));
     }
-    if !adapted_paths(model, Some(name)).is_empty() {
+    if names.iter().any(|n| n == name) {
         return Err(LoraError::DuplicateAdapter {
             module: "(any)".into(),
             adapter: name.to_string(),
         });
     }
     for (a, w) in adapters {
-        if adapted_paths(model, Some(a)).is_empty() {
+        if !names.iter().any(|n| n == a) {
             return Err(LoraError::UnknownAdapter {
                 module: "(any)".into(),
                 adapter: a.to_string(),
@@ -192,7 +194,11 @@ fn gather<M: LoraSites>(model: &M, adapters: &[(&str, f64)]) -> Result<Vec<SiteF
 
 /// PEFT's new rank: the common rank (`linear`), the sum of ranks (`cat`), or `svd_rank`
 /// defaulting to the largest (`svd`). An adapter's rank is its largest over the sites.
-fn new_rank(sites: &[SiteFactors], adapters: &[(&str, f64)], c: Combination) -> Result<usize> {
+pub(crate) fn new_rank(
+    sites: &[SiteFactors],
+    adapters: &[(&str, f64)],
+    c: Combination,
+) -> Result<usize> {
     let ranks: Vec<usize> = adapters
         .iter()
         .map(|(name, _)| {
@@ -223,8 +229,29 @@ fn new_rank(sites: &[SiteFactors], adapters: &[(&str, f64)], c: Combination) -> 
     }
 }
 
+/// The combined `(A [d_in, rank], B [rank, d_out])` of one site.
+pub(crate) fn combine_site(site: &SiteFactors, c: Combination, rank: usize) -> Result<(Mat, Mat)> {
+    Ok(match c {
+        Combination::Linear => linear(site, rank)?,
+        Combination::Cat => cat(site, rank),
+        Combination::Svd { .. } => svd_combined(site, rank),
+    })
+}
+
+/// PEFT's config of the combined adapter: the first adapter's, with `r = lora_alpha = rank`,
+/// no patterns, and the combined sites as targets.
+pub(crate) fn combined_config(config: &LoraConfig, rank: usize, sites: Vec<String>) -> LoraConfig {
+    let mut out = config.clone();
+    out.r = rank;
+    out.lora_alpha = rank as f64;
+    out.rank_pattern = PatternMap::new();
+    out.alpha_pattern = PatternMap::new();
+    out.target_modules = Some(TargetModules::List(sites));
+    out
+}
+
 /// `linear`: `A = Σ sign(ws)·√|ws|·Aᵢ`, `B = Σ √|ws|·Bᵢ` with `ws = weight·scale`.
-fn linear(site: &SiteFactors, rank: usize) -> Result<(Mat, Mat)> {
+pub(crate) fn linear(site: &SiteFactors, rank: usize) -> Result<(Mat, Mat)> {
     let first = &site.parts[0];
     let (mut a, mut b) = (
         Mat::zeros(first.a.rows, rank),
@@ -257,7 +284,7 @@ fn linear(site: &SiteFactors, rank: usize) -> Result<(Mat, Mat)> {
 
 /// `cat`: `A = [w₁s₁A₁ … wₖsₖAₖ 0]`, `B = [B₁; …; Bₖ; 0]` (zero-padded to the model-wide rank
 /// where a site lacks some adapters).
-fn cat(site: &SiteFactors, rank: usize) -> (Mat, Mat) {
+pub(crate) fn cat(site: &SiteFactors, rank: usize) -> (Mat, Mat) {
     let first = &site.parts[0];
     let (mut a, mut b) = (
         Mat::zeros(first.a.rows, rank),
@@ -285,7 +312,7 @@ fn cat(site: &SiteFactors, rank: usize) -> (Mat, Mat) {
 /// `R = Σ rᵢ`, so its SVD comes from two thin QRs and the SVD of an `R × R` matrix:
 /// `ΔW = A꜀·B꜀ = Q₁R₁·(Q₂R₂)ᵀ = (Q₁U)·S·(Q₂V)ᵀ` with `R₁R₂ᵀ = U·S·Vᵀ`. As in PEFT, the
 /// singular values go to B.
-fn svd_combined(site: &SiteFactors, rank: usize) -> (Mat, Mat) {
+pub(crate) fn svd_combined(site: &SiteFactors, rank: usize) -> (Mat, Mat) {
     let (joined_a, joined_b) = cat(site, site.parts.iter().map(|p| p.a.cols).sum());
     let (q1, r1) = thin_qr(&joined_a);
     let (q2, r2) = thin_qr(&joined_b.transpose());

@@ -60,12 +60,14 @@
 //! # }
 //! ```
 
+mod combine;
 mod files;
 mod ops;
 mod paths;
 mod reparam;
 mod sites;
 
+pub use combine::add_weighted_adapter;
 pub use files::{adapter_state, load_adapter, save_adapter};
 pub use ops::{
     adapter_names, delete_adapter, inject_adapter, merge_adapter, merge_and_unload, report,

@@ -353,7 +353,7 @@ pub fn adapter_names<M: Module>(model: &M) -> Vec<String> {
 
 /// Changes the adapter state of every parameter with `f(base value, set)`, which may return a
 /// new base value; then rebuilds. Errors when `name` (if given) is on no parameter.
-fn edit_sets<M: Module>(
+pub(crate) fn edit_sets<M: Module>(
     model: M,
     name: Option<&str>,
     mut f: impl FnMut(&str, &mut Tensor<3>, &mut WeightLora) -> Result<bool>,

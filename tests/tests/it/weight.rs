@@ -319,6 +319,47 @@ fn adapters_switch_merge_and_delete_on_a_plain_model() {
     assert_close("unload", &host(unloaded.forward(ids(&device))), &y0, 0.0);
 }
 
+/// `weight::add_weighted_adapter` equals the factored path's `add_weighted_adapter` (itself held
+/// to PEFT's results in `peft_files`) for every combination, on a plain burn model and its
+/// `LoraLinear` twin carrying the same two adapters.
+#[test]
+fn weighted_adapters_on_a_plain_model_equal_the_factored_path() {
+    use lora_core::Combination;
+    let device = Device::flex();
+    let plain = PlainMlp::new(&device);
+    let random = InitLoraWeights::Random;
+    let x = LoraConfig::new(2, 4.0, &["emb", "fc1", "fc2"]).with_init(random);
+    let y = LoraConfig::new(2, 6.0, &["fc1"]).with_init(random);
+    let twin = inject_adapter(TwinMlp::of(&plain), &x, "x").unwrap();
+    let twin = inject_adapter(twin, &y, "y").unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    lora_core::save_adapter(&twin, &x, "x", dirs[0].path()).unwrap();
+    lora_core::save_adapter(&twin, &y, "y", dirs[1].path()).unwrap();
+    let map = PathMap::identity();
+    let (m, _) = weight::load_adapter(&plain, dirs[0].path(), "x", &map).unwrap();
+    let (m, _) = weight::load_adapter(&m, dirs[1].path(), "y", &map).unwrap();
+    let pairs = [("x", 0.7), ("y", -0.4)];
+    for c in [
+        Combination::Linear,
+        Combination::Cat,
+        Combination::Svd { rank: None },
+        Combination::Svd { rank: Some(3) },
+    ] {
+        let (mut t, t_cfg) =
+            lora_core::add_weighted_adapter(twin.clone(), &pairs, "w", c, &x).unwrap();
+        t.set_active_adapters(&["w"]).unwrap();
+        let (p, p_cfg) = weight::add_weighted_adapter(m.clone(), &pairs, "w", c, &x, &map).unwrap();
+        let p = weight::set_active_adapters(p, &["w"]).unwrap();
+        assert_eq!(
+            (p_cfg.r, p_cfg.lora_alpha),
+            (t_cfg.r, t_cfg.lora_alpha),
+            "{c:?}"
+        );
+        let (yt, yp) = (t.forward(ids(&device)), p.forward(ids(&device)));
+        assert_close(&format!("{c:?}"), &host(yp), &host(yt), 1e-5);
+    }
+}
+
 /// PEFT's `safe_merge`: a merge that would overflow is refused and the model stays as it was.
 #[test]
 fn safe_merge_refuses_a_non_finite_merge_on_a_plain_model() {
