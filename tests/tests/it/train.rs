@@ -67,6 +67,13 @@ fn gpt2(dir: &Path, device: &Device) -> Gpt2LmHeadModel {
     Gpt2LmHeadModel::from_pretrained(dir, device).unwrap().0
 }
 
+/// tiny-a with a fused c_attn adapter (r 4, alpha 8): the model most trainer tests train.
+fn tiny_lm_lora(device: &Device) -> (Gpt2LmHeadModel, LoraConfig) {
+    let lora = LoraConfig::new(4, 8.0, &["c_attn"]);
+    let model = gpt2(&fixture("gpt2/tiny-a"), device);
+    inject_gpt2_lora(model, &lora, "default", CAttnMode::Fused).unwrap()
+}
+
 fn lm_data(max_length: usize) -> (TextDataset, TextDataset) {
     let cfg = DataConfig {
         columns: Columns::prompt_completion("prompt", "completion"),
@@ -498,14 +505,7 @@ fn resume_is_exact_and_survives_interrupted_checkpoint_writes() {
 fn only_trainable_parameters_have_optimizer_state() {
     let device = Device::flex().autodiff();
     device.seed(5);
-    let lora_cfg = LoraConfig::new(4, 8.0, &["c_attn"]);
-    let (model, lora) = inject_gpt2_lora(
-        gpt2(&fixture("gpt2/tiny-a"), &device),
-        &lora_cfg,
-        "default",
-        CAttnMode::Fused,
-    )
-    .unwrap();
+    let (model, lora) = tiny_lm_lora(&device);
     let trainable = trainable_params(&model);
     let report = ParamReport::new(&model, &lora);
     assert_eq!(trainable.len(), 2 * 2, "A and B in each of the 2 layers");
@@ -573,7 +573,7 @@ fn only_trainable_parameters_have_optimizer_state() {
         Device::flex(),
     )
     .unwrap()
-    .fit(gpt_with(&lora_cfg).0, &lora, &train, None)
+    .fit(gpt_with(&lora).0, &lora, &train, None)
     .unwrap();
     let ckpt = t.summary.last_checkpoint.unwrap();
     let saved = lora_core::read_safetensors(ckpt.join(OPTIMIZER_FILE)).unwrap();
@@ -1134,14 +1134,7 @@ fn burn_learner_drives_the_same_model() {
 
     let device = Device::flex();
     device.seed(2);
-    let lora_cfg = LoraConfig::new(4, 8.0, &["c_attn"]);
-    let (model, _) = inject_gpt2_lora(
-        gpt2(&fixture("gpt2/tiny-a"), &device),
-        &lora_cfg,
-        "default",
-        CAttnMode::Fused,
-    )
-    .unwrap();
+    let (model, _) = tiny_lm_lora(&device);
     let before = values(&model.clone().train());
     let (train, valid) = lm_data(20);
     let loader = |ds: TextDataset| {
@@ -1228,14 +1221,7 @@ fn token_ids_outside_the_model_are_typed_errors() {
     let device = Device::flex();
     let out = tempfile::tempdir().unwrap();
     let trainer = Trainer::new(quiet(out.path()), device.clone()).unwrap();
-    let lora = LoraConfig::new(4, 8.0, &["c_attn"]);
-    let (model, lora) = inject_gpt2_lora(
-        gpt2(&fixture("gpt2/tiny-a"), &device),
-        &lora,
-        "default",
-        CAttnMode::Fused,
-    )
-    .unwrap();
+    let (model, lora) = tiny_lm_lora(&device);
     let item = |ids: Vec<u32>, types: Vec<u32>, target| TextItem {
         token_type_ids: types,
         input_ids: ids,
