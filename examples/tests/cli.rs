@@ -914,22 +914,36 @@ fn damaged_command_lines_never_panic() {
         } else {
             encoder[command]
         };
-        line.split(' ').map(|w| w.replace("OUT", &out)).collect()
+        let fixtures = root().join("fixtures");
+        let fixtures = fixtures.to_str().unwrap();
+        line.split(' ')
+            .map(|w| w.replace("OUT", &out).replace("fixtures", fixtures))
+            .collect()
     };
-    let bad = [
+    let in_repo = |p: &str| root().join(p).to_str().unwrap().to_string();
+    let bad_out = ["", "0", "99999999999999999999", "NaN"];
+    let mut bad: Vec<String> = [
         "fixtures/missing",
         "README.md",
         "fixtures/train/e2e.txt",
         "fixtures/encoder/roberta-a",
         "fixtures/gpt2/tiny-b",
-        "0",
-        "-1",
-        "1e309",
-        "NaN",
-        "99999999999999999999",
-        "",
-        "--json",
-    ];
+    ]
+    .iter()
+    .map(|p| in_repo(p))
+    .collect();
+    bad.extend(
+        [
+            "0",
+            "-1",
+            "1e309",
+            "NaN",
+            "99999999999999999999",
+            "",
+            "--json",
+        ]
+        .map(String::from),
+    );
     let extra = [
         "--lr",
         "--r",
@@ -953,19 +967,22 @@ fn damaged_command_lines_never_panic() {
             for _ in 0..usize::from(pick(5) != 0) {
                 let i = 1 + pick(args.len() - 1);
                 match pick(3) {
-                    0 if !args[i].starts_with("--") => args[i] = bad[pick(bad.len())].into(),
+                    // An output directory only gets names that land in the temporary working
+                    // directory: a fixture path there would overwrite the fixture.
+                    0 if args[i] == out => args[i] = bad_out[pick(bad_out.len())].into(),
+                    0 if !args[i].starts_with("--") => args[i] = bad[pick(bad.len())].clone(),
                     1 if args.len() > 2 => {
                         args.remove(i);
                     }
                     _ => {
                         args.push(extra[pick(extra.len())].into());
-                        args.push(bad[pick(bad.len())].into());
+                        args.push(bad[pick(bad.len())].clone());
                     }
                 }
             }
             let o = Command::new(exe)
                 .args(&args)
-                .current_dir(root())
+                .current_dir(tmp.path())
                 .output()
                 .unwrap();
             let err = stderr(&o);
