@@ -33,6 +33,15 @@ pub(crate) fn base_factors(
             ),
         ));
     }
+    if spec.scale == 0.0 || !spec.scale.is_finite() {
+        return Err(LoraError::config(
+            "lora_alpha",
+            format!(
+                "PiSSA/OLoRA divide by the scale, which is {} for `{key}`",
+                spec.scale
+            ),
+        ));
+    }
     let (lora_a, lora_b) = match spec.init {
         InitLoraWeights::Pissa => pissa(&p, r, spec.scale),
         InitLoraWeights::Olora => olora(&p, r),

@@ -221,11 +221,23 @@ pub(crate) fn new_rank(
             Ok(ranks[0])
         }
         Combination::Cat => Ok(ranks.iter().sum()),
-        Combination::Svd { rank } => match rank {
-            Some(0) => Err(LoraError::config("svd_rank", "must be positive")),
-            Some(r) => Ok(r),
-            None => Ok(ranks.iter().copied().max().unwrap_or(0)),
-        },
+        Combination::Svd { rank } => {
+            // An update has at most min(d_in, d_out) singular values (PEFT fails beyond too).
+            let most = sites
+                .iter()
+                .map(|s| s.parts[0].a.rows.min(s.parts[0].b.cols))
+                .min()
+                .unwrap_or(0);
+            match rank {
+                Some(0) => Err(LoraError::config("svd_rank", "must be positive")),
+                Some(r) if r > most => Err(LoraError::config(
+                    "svd_rank",
+                    format!("{r} exceeds min(d_in, d_out) = {most} of a combined module"),
+                )),
+                Some(r) => Ok(r),
+                None => Ok(ranks.iter().copied().max().unwrap_or(0)),
+            }
+        }
     }
 }
 

@@ -255,9 +255,10 @@ pub struct LoraConfig {
     /// Bias on lora_B: not supported, must be `false`.
     #[serde(default)]
     pub lora_bias: bool,
-    /// Whether a LoRA on an embedding tied to the output layer (GPT-2's `wte` and LM head) also
-    /// adapts that output layer (PEFT's `ensure_weight_tying`). `false` (PEFT's default): the
-    /// head keeps the base table until the adapter is merged.
+    /// PEFT's `ensure_weight_tying`, read and written. PEFT 0.21.2 ties adapters only for
+    /// modules named `embed_tokens` / `lm_head`, which neither of our models has: for GPT-2's
+    /// `wte` (and RoBERTa's word embeddings) the tied head keeps the stored table until the
+    /// adapter is merged, whatever the flag, as in PEFT.
     #[serde(default)]
     pub ensure_weight_tying: bool,
     /// Layer replication: not supported, must be absent.
@@ -512,11 +513,18 @@ impl LoraConfig {
         self.validate_patterns()?;
         self.validate_layers()?;
         self.target_parameter_list()?;
-        let value = serde_json::to_value(self).map_err(|source| LoraError::Json {
-            path: CONFIG_FILE.into(),
-            source,
-        })?;
-        check_variant_keys(&value)?;
+        // The variant switches this struct holds (`from_json` checks the others in the file).
+        let bias = serde_json::Value::Bool(self.lora_bias);
+        for (key, value) in [
+            ("lora_bias", Some(&bias)),
+            ("layer_replication", self.layer_replication.as_ref()),
+            (
+                "trainable_token_indices",
+                self.trainable_token_indices.as_ref(),
+            ),
+        ] {
+            refuse_switched_on(key, value)?;
+        }
         Ok(())
     }
 
@@ -631,20 +639,26 @@ pub const UNSUPPORTED_VARIANT_KEYS: &[&str] = &[
 /// Refuses a config JSON that switches on one of [`UNSUPPORTED_VARIANT_KEYS`].
 fn check_variant_keys(value: &serde_json::Value) -> Result<()> {
     for key in UNSUPPORTED_VARIANT_KEYS {
-        let on = match value.get(*key) {
-            None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => false,
-            Some(serde_json::Value::Array(a)) => !a.is_empty(),
-            Some(serde_json::Value::Object(o)) => !o.is_empty(),
-            Some(_) => true,
-        };
-        if on {
-            return Err(LoraError::Unsupported(format!(
-                "the LoRA variant switched on by `{key}` ({}): loading it as plain LoRA would give other outputs than PEFT",
-                value[*key]
-            )));
-        }
+        refuse_switched_on(key, value.get(*key))?;
     }
     Ok(())
+}
+
+/// Errors when variant key `key` holds anything but absent, `null`, `false` or empty.
+fn refuse_switched_on(key: &str, value: Option<&serde_json::Value>) -> Result<()> {
+    let on = match value {
+        None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => false,
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    };
+    match (on, value) {
+        (true, Some(v)) => Err(LoraError::Unsupported(format!(
+            "the LoRA variant switched on by `{key}` ({v}): loading it as plain LoRA would give \
+             other outputs than PEFT"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `alpha / r`, or `alpha / sqrt(r)` for rsLoRA.

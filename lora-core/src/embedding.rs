@@ -112,27 +112,6 @@ impl LoraEmbedding {
             })
     }
 
-    /// The table with every active, unmerged adapter's update added, `[num_embeddings, dim]`:
-    /// what PEFT's `ensure_weight_tying` gives a tied output head named `lm_head` when the
-    /// embedding is `embed_tokens`. (For GPT-2's `wte` and BERT's `word_embeddings` PEFT ties
-    /// nothing, so their heads use [`LoraLayer::base_weight`].)
-    pub fn effective_weight(&self) -> Tensor<2> {
-        let w = self.weight.val();
-        if self.state.disabled {
-            return w;
-        }
-        self.adapters
-            .iter()
-            .filter(|a| !a.meta.merged && self.state.active.contains(&a.meta.name))
-            .fold(w, |w, a| {
-                w + a
-                    .lora_embedding_a
-                    .val()
-                    .matmul(a.lora_embedding_b.val())
-                    .mul_scalar(a.meta.scale)
-            })
-    }
-
     fn index(&self, name: &str) -> Result<usize> {
         self.adapters
             .iter()

@@ -186,7 +186,7 @@ pub(crate) fn init_embedding_factors(
 
 /// Whether every value of `t` is finite, with one scalar read (`x − x` is NaN exactly for
 /// NaN and ±∞, and a sum with a NaN is NaN).
-pub(crate) fn all_finite(t: Tensor<2>) -> bool {
+pub(crate) fn all_finite<const D: usize>(t: Tensor<D>) -> bool {
     let s: f32 = (t.clone() - t).sum().into_scalar();
     s.is_finite()
 }

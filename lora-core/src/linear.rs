@@ -369,57 +369,35 @@ impl LoraLayer for LoraLinear {
                 adapter: name.to_string(),
             });
         }
-        if slices.is_empty() {
-            return Err(LoraError::config("slices", "must not be empty"));
-        }
-        let mut sorted = slices.to_vec();
-        sorted.sort();
-        let mut end = 0;
-        for &(start, len) in &sorted {
-            if start < end || len == 0 || start + len > d_out {
-                return Err(LoraError::config(
-                    "slices",
-                    format!("{slices:?} must be non-empty, disjoint ranges inside 0..{d_out}"),
-                ));
-            }
-            end = start + len;
-        }
-        let device = self.weight.lazy_device();
-        let k = sorted.len();
-        let (a, _) = init_linear_factors(
-            d_in,
-            1,
-            &AdapterSpec {
-                r: spec.r * k,
-                ..*spec
-            },
-            &device,
-        );
-        let lora_b = sorted
-            .iter()
-            .map(|&(_, len)| Param::from_tensor(init_linear_factors(d_in, len, spec, &device).1))
-            .collect();
-        if spec.dora && sorted != [(0, d_out)] {
+        let sorted = checked_slices(slices, d_out)?;
+        let plain = sorted == [(0, d_out)];
+        if spec.dora && !plain {
             return Err(LoraError::Unsupported(
                 "DoRA on an output-sliced adapter (e.g. q/v of a fused projection)".into(),
             ));
         }
-        // PiSSA / OLoRA take the adapter out of the base weight: computed (and checked) before
-        // anything changes.
-        let from_base = if spec.init.changes_base() {
-            if sorted != [(0, d_out)] || spec.dora {
+        let (a, lora_b, residual) = if spec.init.changes_base() {
+            // PiSSA / OLoRA take the adapter out of the base weight (computed and checked
+            // before anything changes).
+            if !plain || spec.dora {
                 return Err(LoraError::Unsupported(format!(
                     "init_lora_weights {:?} with output slices or DoRA",
                     spec.init
                 )));
             }
-            Some(crate::base_init::base_factors(
-                self.weight.val().detach(),
-                spec,
-                name,
-            )?)
+            let w = self.weight.val().detach();
+            let (a, b, residual) = crate::base_init::base_factors(w, spec, name)?;
+            (a, vec![Param::from_tensor(b)], Some(residual))
         } else {
-            None
+            let device = self.weight.lazy_device();
+            let k = sorted.len();
+            let wide = AdapterSpec {
+                r: spec.r * k,
+                ..*spec
+            };
+            let (a, _) = init_linear_factors(d_in, 1, &wide, &device);
+            let b = |len| Param::from_tensor(init_linear_factors(d_in, len, spec, &device).1);
+            (a, sorted.iter().map(|&(_, len)| b(len)).collect(), None)
         };
         let mut adapter = LinearAdapter {
             lora_a: Param::from_tensor(a),
@@ -441,9 +419,7 @@ impl LoraLayer for LoraLinear {
             let w = self.weight.val().detach() + adapter.delta_weight(d_out);
             adapter.magnitude = Some(Param::from_tensor(column_norm(w).detach()));
         }
-        if let Some((a, b, residual)) = from_base {
-            adapter.lora_a = Param::from_tensor(a);
-            adapter.lora_b = vec![Param::from_tensor(b)];
+        if let Some(residual) = residual {
             self.weight = replace(&self.weight, residual);
         }
         self.adapters.push(adapter);
@@ -619,4 +595,24 @@ impl LoraLayer for LoraLinear {
 pub(crate) fn replace<const D: usize>(p: &Param<Tensor<D>>, value: Tensor<D>) -> Param<Tensor<D>> {
     let id = p.id;
     p.clone().transform_for_load(value.detach(), id)
+}
+
+/// `slices` sorted, after checking they are non-empty, disjoint ranges inside `0..d_out`.
+fn checked_slices(slices: &[(usize, usize)], d_out: usize) -> Result<Vec<(usize, usize)>> {
+    if slices.is_empty() {
+        return Err(LoraError::config("slices", "must not be empty"));
+    }
+    let mut sorted = slices.to_vec();
+    sorted.sort();
+    let mut end = 0;
+    for &(start, len) in &sorted {
+        if start < end || len == 0 || start.checked_add(len).is_none_or(|e| e > d_out) {
+            return Err(LoraError::config(
+                "slices",
+                format!("{slices:?} must be non-empty, disjoint ranges inside 0..{d_out}"),
+            ));
+        }
+        end = start + len;
+    }
+    Ok(sorted)
 }

@@ -174,29 +174,38 @@ fn check_one_bias_adapter<M: LoraSites + ?Sized>(
     config: &LoraConfig,
     name: &str,
 ) -> Result<()> {
-    if config.bias == BiasMode::None {
-        return Ok(());
-    }
-    let mut other = None;
+    let mut existing = Vec::new();
     model.visit_lora_sites("", &mut |_, l| {
         for n in l.adapter_names() {
-            if n != name && l.adapter_bias(&n).is_ok_and(|b| b != BiasMode::None) {
-                other.get_or_insert(n);
+            if let Ok(b) = l.adapter_bias(&n) {
+                existing.push((n, b));
             }
         }
     });
-    match other {
+    one_bias_adapter(existing.iter().map(|(n, b)| (n.as_str(), *b)), config, name)
+}
+
+/// The rule behind both paths' checks: `config` (for adapter `name`) may use `bias` only if no
+/// other adapter of `existing` (name, bias) does.
+pub(crate) fn one_bias_adapter<'a>(
+    mut existing: impl Iterator<Item = (&'a str, BiasMode)>,
+    config: &LoraConfig,
+    name: &str,
+) -> Result<()> {
+    if config.bias == BiasMode::None {
+        return Ok(());
+    }
+    match existing.find(|(n, b)| *n != name && *b != BiasMode::None) {
         None => Ok(()),
-        Some(o) => Err(LoraError::config(
+        Some((other, _)) => Err(LoraError::config(
             "bias",
             format!(
-                "adapter `{o}` already trains biases; only one adapter per model may have bias \
-                 other than \"none\" (as in PEFT)"
+                "adapter `{other}` already trains biases; only one adapter per model may have \
+                 bias other than \"none\" (as in PEFT)"
             ),
         )),
     }
 }
-
 /// Sets which parameters train: every adapter factor, plus the biases `config.bias` selects and
 /// the parameters of `config.modules_to_save`. Everything else is frozen (no gradient, so no
 /// optimizer state).

@@ -111,6 +111,52 @@ pub fn read_weights(dir: &Path) -> Result<(PathBuf, HashMap<String, HostTensor>)
     Ok((files[0].clone(), all))
 }
 
+/// An output layer tied to the input embeddings (GPT-2's LM head, the masked-LM decoder). A
+/// config that unties it (`tie_word_embeddings: false`) is honoured only when the file's
+/// `head_key` holds the same values as the table (`is_table` finds its key): an untied head is
+/// not implemented, and ignoring it would give other outputs than transformers. Tied, the file's
+/// copy is ignored, as transformers ignores it.
+pub(crate) fn check_untied_head(
+    tied: bool,
+    state: &HashMap<String, HostTensor>,
+    head_key: &str,
+    is_table: impl Fn(&str) -> bool,
+    path: &Path,
+) -> Result<()> {
+    if tied {
+        return Ok(());
+    }
+    let Some(head) = state.get(head_key) else {
+        return Err(ModelError::MissingTensor {
+            path: path.to_path_buf(),
+            key: format!("{head_key} (tie_word_embeddings is false)"),
+        });
+    };
+    let table = state.iter().find(|(k, _)| is_table(k)).map(|(_, t)| t);
+    if table == Some(head) {
+        return Ok(());
+    }
+    Err(ModelError::Config {
+        path: path.to_path_buf(),
+        reason: format!(
+            "`tie_word_embeddings` is false and `{head_key}` differs from the input embeddings: \
+             an untied output layer is not implemented"
+        ),
+    })
+}
+
+/// The error for a checkpoint tensor of the model's own architecture that nothing reads: an
+/// option that is not implemented, which would otherwise be silently ignored.
+pub(crate) fn unread_tensor(path: PathBuf, key: &str) -> ModelError {
+    ModelError::Config {
+        path,
+        reason: format!(
+            "`{key}` is part of the model but nothing here reads it (an architecture option \
+             that is not implemented)"
+        ),
+    }
+}
+
 /// Reads a PyTorch pickle state dict (`pytorch_model.bin`) through burn-store's reader.
 pub fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>> {
     lora_core::io::read_pytorch(path).map_err(|e| match e {

@@ -8,10 +8,10 @@ use std::collections::{BTreeSet, HashMap};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 
-use crate::config::{AdapterSpec, BiasMode, LoraConfig, TargetModules};
+use crate::config::{AdapterSpec, LoraConfig, TargetModules};
 use crate::error::{LoraError, Result};
 use crate::layer::{init_embedding_factors, init_linear_factors};
-use crate::model::{PathWalk, TrainPolicy};
+use crate::model::{PathWalk, TrainPolicy, one_bias_adapter};
 use crate::report::ParamReport;
 
 use super::paths::PathMap;
@@ -230,27 +230,9 @@ pub fn inject_adapter<M: Module>(
 
 /// PEFT allows one adapter per model whose config has `bias` other than `none`.
 fn check_one_bias_adapter(found: &Scan, config: &LoraConfig, name: &str) -> Result<()> {
-    if config.bias == BiasMode::None {
-        return Ok(());
-    }
-    let other = found
-        .sites
-        .values()
-        .flat_map(|l| &l.metas)
-        .find(|m| m.name != name && m.bias != BiasMode::None);
-    match other {
-        None => Ok(()),
-        Some(o) => Err(LoraError::config(
-            "bias",
-            format!(
-                "adapter `{}` already trains biases; only one adapter per model may have bias \
-                 other than \"none\" (as in PEFT)",
-                o.name
-            ),
-        )),
-    }
+    let existing = found.sites.values().flat_map(|l| &l.metas);
+    one_bias_adapter(existing.map(|m| (m.name.as_str(), m.bias)), config, name)
 }
-
 /// Fresh factors following PEFT's init for the layout (and DoRA's magnitude `‖W + ΔW‖`).
 fn init_factors(lora: &WeightLora, t: &Target, w: Tensor<3>, dora: bool) -> AdapterFactors {
     let device = w.device();
@@ -406,9 +388,7 @@ pub fn safe_merge_adapter<M: Module>(model: &M, name: &str) -> Result<M> {
             return Ok(false);
         };
         let changed = merge_one(w, lora, i);
-        // `x − x` is NaN exactly for NaN and ±∞; one scalar read per weight.
-        let probe: f32 = (w.clone() - w.clone()).sum().into_scalar();
-        if changed && !probe.is_finite() {
+        if changed && !crate::layer::all_finite(w.clone()) {
             return Err(LoraError::NonFinite {
                 key: path.to_string(),
                 context: format!("merging adapter `{name}` would give this weight; nothing merged"),

@@ -16,7 +16,7 @@ use super::model::{
     BertForSequenceClassification, BertModel, RobertaForMaskedLM, RobertaForSequenceClassification,
 };
 use crate::error::{ModelError, Result};
-use crate::hf::read_weights;
+use crate::hf::{check_untied_head, read_weights, unread_tensor};
 
 /// What a load did besides filling the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,42 +252,9 @@ fn in_modules(key: &str, modules: &[&str]) -> bool {
         .any(|m| key == *m || key.starts_with(&format!("{m}.")))
 }
 
-/// The masked-LM decoder is the word-embedding table. A config that unties it is honoured only
-/// when `lm_head.decoder.weight` holds the same values (an untied decoder is not implemented).
-fn check_tied_decoder(
-    config: &BertConfig,
-    state: &HashMap<String, HostTensor>,
-    path: &Path,
-) -> Result<()> {
-    if config.tie_word_embeddings {
-        return Ok(()); // transformers ties it whatever the file holds
-    }
-    let Some(decoder) = state.get("lm_head.decoder.weight") else {
-        return Err(ModelError::MissingTensor {
-            path: path.to_path_buf(),
-            key: "lm_head.decoder.weight (tie_word_embeddings is false)".into(),
-        });
-    };
-    let table = state
-        .iter()
-        .find(|(k, _)| k.ends_with("embeddings.word_embeddings.weight"))
-        .map(|(_, t)| t);
-    if table == Some(decoder) {
-        return Ok(());
-    }
-    Err(ModelError::Config {
-        path: path.to_path_buf(),
-        reason: "`tie_word_embeddings` is false and `lm_head.decoder.weight` differs from the \
-                 word embeddings: an untied decoder is not implemented"
-            .into(),
-    })
-}
-
-fn load<M: EncoderCheckpoint>(
-    dir: &Path,
-    device: &Device,
-    options: &LoadOptions,
-) -> Result<Pretrained<M>> {
+/// `config.json` for class `M`, with `options.num_labels` applied; another family's config is
+/// an error.
+fn class_config<M: EncoderCheckpoint>(dir: &Path, options: &LoadOptions) -> Result<BertConfig> {
     let mut config = BertConfig::load(dir)?;
     if let Some(n) = options.num_labels
         && n != config.num_labels()
@@ -310,9 +277,20 @@ fn load<M: EncoderCheckpoint>(
                 .unwrap_or_else(|| format!("{:?}", config.family())),
         });
     }
+    Ok(config)
+}
+
+fn load<M: EncoderCheckpoint>(
+    dir: &Path,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<Pretrained<M>> {
+    let config = class_config::<M>(dir, options)?;
     let (path, state) = read_weights(dir)?;
     if M::HEAD_MODULES.contains(&"lm_head") {
-        check_tied_decoder(&config, &state, &path)?;
+        let is_table = |k: &str| k.ends_with("embeddings.word_embeddings.weight");
+        let tied = config.tie_word_embeddings;
+        check_untied_head(tied, &state, "lm_head.decoder.weight", is_table, &path)?;
     }
     let mut state = normalize_keys(state, M::body_prefix(&config), &path)?;
     if let Some(key) = M::LABEL_KEY
@@ -366,13 +344,7 @@ fn load<M: EncoderCheckpoint>(
             || in_modules(k, M::HEAD_MODULES)
     });
     if let Some(key) = unread {
-        return Err(ModelError::Config {
-            path,
-            reason: format!(
-                "`{key}` is part of the model but nothing here reads it (an architecture option \
-                 that is not implemented)"
-            ),
-        });
+        return Err(unread_tensor(path, key));
     }
     Ok(Pretrained {
         model,

@@ -9,40 +9,11 @@ use lora_core::io::HostTensor;
 use super::config::Gpt2Config;
 use super::model::Gpt2LmHeadModel;
 use crate::error::{ModelError, Result};
-use crate::hf::read_weights;
+use crate::hf::{check_untied_head, read_weights, unread_tensor};
 
 /// Keys that are buffers or tied copies, not parameters: skipped when loading.
 fn is_ignored(key: &str) -> bool {
     key.ends_with(".attn.bias") || key.ends_with(".attn.masked_bias") || key == "lm_head.weight"
-}
-
-/// The LM head is `wte`. A config that unties it is honoured only when `lm_head.weight` holds
-/// the same values (an untied head is not implemented): anything else would silently give
-/// other logits than transformers.
-fn check_tied_head(
-    config: &Gpt2Config,
-    state: &HashMap<String, HostTensor>,
-    path: &Path,
-) -> Result<()> {
-    if config.tie_word_embeddings {
-        return Ok(()); // transformers ties lm_head to wte whatever the file holds
-    }
-    let wte = ["wte.weight", "transformer.wte.weight"]
-        .iter()
-        .find_map(|k| state.get(*k));
-    match (state.get("lm_head.weight"), wte) {
-        (Some(head), Some(wte)) if head == wte => Ok(()),
-        (None, _) => Err(ModelError::MissingTensor {
-            path: path.to_path_buf(),
-            key: "lm_head.weight".into(),
-        }),
-        _ => Err(ModelError::Config {
-            path: path.to_path_buf(),
-            reason: "`tie_word_embeddings` is false and `lm_head.weight` differs from \
-                     `wte.weight`: an untied LM head is not implemented"
-                .into(),
-        }),
-    }
 }
 
 /// Puts every key under `transformer.` (checkpoints of `GPT2Model` have no prefix, those of
@@ -105,7 +76,14 @@ impl Gpt2LmHeadModel {
         let dir = dir.as_ref();
         let config = Gpt2Config::load(dir)?;
         let (path, state) = read_weights(dir)?;
-        check_tied_head(&config, &state, &path)?;
+        let is_wte = |k: &str| k == "wte.weight" || k == "transformer.wte.weight";
+        check_untied_head(
+            config.tie_word_embeddings,
+            &state,
+            "lm_head.weight",
+            is_wte,
+            &path,
+        )?;
         let state = normalize_keys(state, &path)?;
         // The model is built from the config before the weights arrive: a layer count the
         // checkpoint does not back would allocate for nothing (or abort, for a corrupt count).
@@ -126,13 +104,7 @@ impl Gpt2LmHeadModel {
         // A body tensor nothing reads is an architecture option this model lacks (heads of
         // other classes, e.g. `score`, sit outside `transformer.` and are fine to skip).
         if let Some(key) = report.unused.iter().find(|k| k.starts_with("transformer.")) {
-            return Err(ModelError::Config {
-                path,
-                reason: format!(
-                    "`{key}` is part of the model but nothing here reads it (an architecture \
-                     option that is not implemented)"
-                ),
-            });
+            return Err(unread_tensor(path, key));
         }
         Ok((model, config))
     }
