@@ -19,7 +19,7 @@ use crate::io::{
 use crate::layer::Factors;
 use crate::linear::replace;
 use crate::model::{
-    ParamInfo, PathWalk, TrainPolicy, inject_adapter, select_targets, visit_params,
+    ParamInfo, PathWalk, SavedRole, TrainPolicy, inject_adapter, select_targets, visit_params,
 };
 use crate::sites::LoraSites;
 
@@ -81,13 +81,18 @@ pub fn adapter_state<M: Module + LoraSites>(
     let policy = TrainPolicy::new(model, &config);
     let infos: Vec<ParamInfo> = visit_params(model)
         .into_iter()
-        .filter(|p| p.adapter_site.is_none() && policy.trains(&p.hf_path))
+        .filter(|p| p.adapter_site.is_none() && in_adapter_file(p, &policy, name))
         .collect();
     let wanted: BTreeMap<String, &ParamInfo> =
         infos.iter().map(|p| (p.burn_path.clone(), p)).collect();
     let adapted = crate::model::adapted_paths(model, None);
     for (burn_path, value) in collect_values(model, &wanted)? {
         let info = wanted[&burn_path];
+        // A copy is stored flat; the file holds it in its parameter's shape.
+        let value = HostTensor {
+            shape: info.shape.clone(),
+            data: value.data,
+        };
         let value = if is_linear_weight(info) && !config.fan_in_fan_out {
             value.transposed()
         } else {
@@ -104,6 +109,17 @@ pub fn adapter_state<M: Module + LoraSites>(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, config))
+}
+
+/// Whether adapter `name`'s file holds this (non-factor) parameter: its own `modules_to_save`
+/// copy (PEFT saves the adapter's copy under the parameter's own name), or, for a parameter
+/// without copies, what the config trains (biases).
+fn in_adapter_file(p: &ParamInfo, policy: &TrainPolicy, name: &str) -> bool {
+    match &p.saved {
+        None => policy.trains(&p.hf_path),
+        Some(SavedRole::Original) => false,
+        Some(SavedRole::Copy { adapter, .. }) => adapter == name,
+    }
 }
 
 /// Adds `rank_pattern`/`alpha_pattern` entries for `path` when its adapter's rank or scale is
@@ -242,6 +258,7 @@ pub fn apply_adapter_state<M: Module + LoraSites>(
         result?;
     }
     if !full.is_empty() {
+        let full = crate::saved::redirect_to_copies(&model, full, name);
         let mut mapper = SetValues {
             walk: PathWalk::default(),
             values: &full,
@@ -361,7 +378,7 @@ fn take_base_values<M: Module + LoraSites>(
         let hf = base_param_name(&key, source, "")?;
         let info = infos
             .iter()
-            .find(|p| p.adapter_site.is_none() && p.hf_path == hf)
+            .find(|p| p.adapter_site.is_none() && p.hf_path == hf && !is_copy(p))
             .ok_or_else(|| unexpected("no parameter of the model has this name"))?;
         let Some(value) = file.remove(&key) else {
             continue;
@@ -375,6 +392,10 @@ fn take_base_values<M: Module + LoraSites>(
         full.insert(info.burn_path.clone(), value);
     }
     Ok(full)
+}
+
+fn is_copy(p: &ParamInfo) -> bool {
+    matches!(p.saved, Some(SavedRole::Copy { .. }))
 }
 
 pub(crate) fn expect_shape(key: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
@@ -496,7 +517,7 @@ pub fn load_state_dict<M: Module + LoraSites>(
     let mut report = StateDictReport::default();
     let mut values = HashMap::new();
     for info in visit_params(&model) {
-        if info.adapter_site.is_some() {
+        if info.adapter_site.is_some() || is_copy(&info) {
             continue;
         }
         let Some(value) = state.remove(&info.hf_path) else {
@@ -533,20 +554,29 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<HashMap<String, HostTe
 
 /// The model's base parameters (adapters excluded) as a PyTorch-named state dict: the inverse of
 /// [`load_state_dict`]. Linear weights go back to `[out, in]` unless `fan_in_fan_out`, LayerNorm
-/// `gamma`/`beta` to `weight`/`bias`. Merge adapters first to export a merged model.
+/// `gamma`/`beta` to `weight`/`bias`. Merge adapters first to export a merged model; a
+/// `modules_to_save` module gives the copy in use (PEFT's `merge_and_unload` keeps it).
 pub fn export_state_dict<M: Module + LoraSites>(
     model: &M,
     fan_in_fan_out: bool,
 ) -> Result<Vec<(String, HostTensor)>> {
     let infos: Vec<ParamInfo> = visit_params(model)
         .into_iter()
-        .filter(|p| p.adapter_site.is_none())
+        .filter(|p| p.adapter_site.is_none() && !is_copy(p))
         .collect();
     let wanted: BTreeMap<String, &ParamInfo> =
         infos.iter().map(|p| (p.burn_path.clone(), p)).collect();
+    let in_use = crate::saved::copies_in_use(model)?;
     let mut out = Vec::with_capacity(infos.len());
     for (burn_path, value) in collect_values(model, &wanted)? {
         let info = wanted[&burn_path];
+        let value = match in_use.get(&burn_path) {
+            Some(copy) => HostTensor {
+                shape: info.shape.clone(),
+                data: copy.data.clone(),
+            },
+            None => value,
+        };
         let value = if is_linear_weight(info) && !fan_in_fan_out {
             value.transposed()
         } else {

@@ -56,6 +56,10 @@ pub(crate) struct SiteFactors {
 /// `lora_alpha` set to the new rank (so the scale is 1, or `√r` with rsLoRA), as PEFT does.
 /// Returns the model and the new adapter's config (pass it to `save_adapter`).
 ///
+/// The new adapter gets its own copy of the original of each module the first adapter's
+/// `modules_to_save` names, as in PEFT (two of `adapters` with copies of one module are an
+/// error there and here).
+///
 /// Differences from PEFT: an existing `name` is an error (PEFT silently does nothing), and DoRA
 /// adapters are refused (PEFT would drop their magnitudes).
 pub fn add_weighted_adapter<M: Module + LoraSites>(
@@ -66,6 +70,7 @@ pub fn add_weighted_adapter<M: Module + LoraSites>(
     config: &LoraConfig,
 ) -> Result<(M, LoraConfig)> {
     check_inputs(&model, adapters, name)?;
+    crate::saved::check_combinable(&crate::saved::scan_copies(&model), adapters)?;
     // PEFT: one adapter is always combined linearly.
     let combination = if adapters.len() == 1 {
         Combination::Linear
@@ -104,6 +109,8 @@ pub fn add_weighted_adapter<M: Module + LoraSites>(
         l.set_active(&before)
     })?;
     let out = combined_config(config, rank, sites.into_iter().map(|s| s.path).collect());
+    // PEFT gives the new adapter fresh copies of the first adapter's `modules_to_save`.
+    let model = crate::model::add_saved_copies(model, config, name, false)?;
     Ok((sync_adapter_grads(model), out))
 }
 

@@ -211,6 +211,10 @@ impl LoraLayer for LoraEmbedding {
         self.state.active.clone()
     }
 
+    fn disabled(&self) -> bool {
+        self.state.disabled
+    }
+
     fn set_disabled(&mut self, disabled: bool) -> Result<()> {
         if disabled {
             for merged in self.merged_adapters() {
@@ -273,7 +277,7 @@ impl LoraLayer for LoraEmbedding {
     }
 
     fn base_weight(&self) -> Tensor<2> {
-        self.weight.val()
+        self.weight.base()
     }
 
     fn adapter_bias(&self, name: &str) -> Result<crate::config::BiasMode> {

@@ -79,6 +79,8 @@ pub trait LoraLayer {
     fn set_active(&mut self, names: &[String]) -> Result<()>;
     /// Names of the active adapters.
     fn active(&self) -> Vec<String>;
+    /// Whether adapters are turned off ([`set_disabled`](Self::set_disabled)).
+    fn disabled(&self) -> bool;
     /// Turns every adapter off (`true`; merged ones are unmerged first) or back on.
     fn set_disabled(&mut self, disabled: bool) -> Result<()>;
     /// Adds `scale · A · B` of the named adapter into the base weight; a no-op if already merged.
@@ -97,7 +99,9 @@ pub trait LoraLayer {
     /// The id of the base weight parameter (identifies the layer inside a module tree).
     fn base_id(&self) -> ParamId;
     /// The base weight as stored, merged adapters folded in: `[d_in, d_out]` for a linear
-    /// layer, `[num_embeddings, dim]` for an embedding.
+    /// layer, `[num_embeddings, dim]` for an embedding. A reparameterization attached to it (a
+    /// `modules_to_save` copy, a weight-level adapter) is not applied: tied heads read this, and
+    /// in PEFT they keep the original table.
     fn base_weight(&self) -> Tensor<2>;
     /// The `bias` setting of the config adapter `name` was added with.
     fn adapter_bias(&self, name: &str) -> Result<BiasMode>;

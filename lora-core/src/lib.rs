@@ -22,6 +22,8 @@
 //!   them with PEFT's multi-adapter rules; [`add_weighted_adapter`] combines them;
 //! - [`save_adapter`] / [`load_adapter`]: PEFT's adapter files (safetensors or `.bin`), both
 //!   directions;
+//! - [`saved`]: `modules_to_save` as PEFT keeps it, on both paths: the original module frozen,
+//!   one trained copy per adapter, the active adapter's copy in use;
 //! - [`ParamReport`]: PEFT's `trainable params: X || all params: Y || trainable%: Z`.
 //!
 //! Modules have no backend type parameter (burn 0.22): the same code runs on
@@ -132,6 +134,7 @@ pub mod linear;
 pub mod model;
 mod pyregex;
 pub mod report;
+pub mod saved;
 pub mod sites;
 pub mod targeting;
 pub mod weight;
@@ -152,7 +155,7 @@ pub use error::{LoraError, Result};
 pub use layer::{Factors, LayerKind, LoraLayer};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig, linear_rows};
 pub use model::{
-    LoraModelExt, ParamInfo, SliceFn, TrainPolicy, adapted_paths, apply_trainability,
+    LoraModelExt, ParamInfo, SavedRole, SliceFn, TrainPolicy, adapted_paths, apply_trainability,
     check_sites_listed, inject_adapter, inject_adapter_with, select_targets, site_paths, stable_id,
     visit_params,
 };

@@ -450,6 +450,10 @@ impl LoraLayer for LoraLinear {
         self.state.active.clone()
     }
 
+    fn disabled(&self) -> bool {
+        self.state.disabled
+    }
+
     fn set_disabled(&mut self, disabled: bool) -> Result<()> {
         if disabled {
             for merged in self.merged_adapters() {
@@ -547,7 +551,7 @@ impl LoraLayer for LoraLinear {
     }
 
     fn base_weight(&self) -> Tensor<2> {
-        self.weight.val()
+        self.weight.base()
     }
 
     fn adapter_bias(&self, name: &str) -> Result<crate::config::BiasMode> {

@@ -9,6 +9,7 @@ use burn::prelude::*;
 use crate::config::{BiasMode, LoraConfig, TargetModules};
 use crate::error::{LoraError, Result};
 use crate::layer::{LayerKind, LoraLayer};
+use crate::saved::{self, SavedParam};
 use crate::sites::LoraSites;
 
 /// Every site path a model offers, in traversal order.
@@ -161,11 +162,45 @@ pub fn inject_adapter_with<M: Module + LoraSites>(
         }
         None => Ok(()),
     })?;
+    let model = add_saved_copies(model, config, name, first)?;
     Ok(if first {
         apply_trainability(model, config)
     } else {
         sync_adapter_grads(model)
     })
+}
+
+/// Gives adapter `name` its copy of every parameter of the modules `config.modules_to_save`
+/// names (PEFT's `ModulesToSaveWrapper`); the first adapter's copies start in use.
+pub(crate) fn add_saved_copies<M: Module + LoraSites>(
+    model: M,
+    config: &LoraConfig,
+    name: &str,
+    first: bool,
+) -> Result<M> {
+    let params: Vec<SavedParam> = visit_params(&model)
+        .into_iter()
+        .filter(|p| p.adapter_site.is_none() && !matches!(p.saved, Some(SavedRole::Copy { .. })))
+        .filter(|p| {
+            let module = p.hf_path.rsplit_once('.').map_or("", |(m, _)| m);
+            config.saves_module(module)
+        })
+        .map(|p| SavedParam {
+            leaf: p
+                .burn_path
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            burn_path: p.burn_path,
+            owner: p.owner,
+        })
+        .collect();
+    if params.is_empty() {
+        return Ok(model);
+    }
+    let sets = saved::with_new_copies(&model, &params, name, first)?;
+    Ok(saved::replace_copies(model, sets))
 }
 
 /// PEFT allows one adapter per model whose config has `bias` other than `none`.
@@ -225,6 +260,7 @@ fn map_trainability<M: Module + LoraSites>(model: M, policy: Option<&TrainPolicy
         walk: PathWalk::default(),
         policy,
         active: active_slots(&model),
+        originals: saved::scan_copies(&model).into_keys().collect(),
         model: &model,
     };
     let mapped = model.clone().map(&mut mapper);
@@ -232,12 +268,13 @@ fn map_trainability<M: Module + LoraSites>(model: M, policy: Option<&TrainPolicy
     mapped
 }
 
-/// `(burn path of the site, adapter index)` of every active adapter. Sites are found by their
-/// base weight's id, since [`LoraSites`] may name a site differently from its burn path.
+/// `(burn path of the site, adapter index)` of every active adapter (none while a site's
+/// adapters are disabled: PEFT freezes them then). Sites are found by their base weight's id,
+/// since [`LoraSites`] may name a site differently from its burn path.
 fn active_slots<M: Module + LoraSites>(model: &M) -> BTreeSet<(String, usize)> {
     let mut active_by_base = std::collections::HashMap::new();
     model.visit_lora_sites("", &mut |_, l| {
-        let active = l.active();
+        let active = if l.disabled() { Vec::new() } else { l.active() };
         let slots: Vec<usize> = (l.adapter_names().iter().enumerate())
             .filter(|(_, n)| active.contains(n))
             .map(|(i, _)| i)
@@ -268,6 +305,10 @@ fn factored_sites<M: Module>(model: &M) -> Vec<(ParamId, String)> {
             self.walk.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if saved::copy_state(&self.walk).is_some() {
+                // A `modules_to_save` copy looks like its parameter; it is not a site.
+                return;
+            }
             let owner = self.walk.kinds.last().map_or("", |k| k.as_str());
             let is_base = matches!(owner, "Struct:LoraLinear" | "Struct:LoraEmbedding")
                 && self.walk.path.last().is_some_and(|l| l == "weight");
@@ -403,6 +444,8 @@ struct TrainMapper<'a, M: LoraSites> {
     /// `None`: leave parameters outside adapters as they are.
     policy: Option<&'a TrainPolicy>,
     active: BTreeSet<(String, usize)>,
+    /// Parameters with `modules_to_save` copies.
+    originals: BTreeSet<String>,
     model: &'a M,
 }
 
@@ -414,8 +457,10 @@ impl<M: LoraSites> ModuleMapper for TrainMapper<'_, M> {
         self.walk.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let trains = match (self.walk.adapter_slot(), self.policy) {
-            (Some(slot), _) => self.active.contains(&slot),
+        let saved = saved::saved_trains(&self.walk, &self.originals);
+        let adapter = self.walk.adapter_slot().map(|s| self.active.contains(&s));
+        let trains = match (saved.or(adapter), self.policy) {
+            (Some(trains), _) => trains,
             (None, Some(policy)) => {
                 policy.trains(&self.model.hf_param_path(&self.walk.torch_path()))
             }
@@ -486,7 +531,9 @@ pub trait LoraModelExt: LoraSites {
         })
     }
     /// Makes exactly `names` active on each site (each site keeps those it has); only active
-    /// adapters train, as with PEFT's `set_adapter`. Errors if a name exists on no site.
+    /// adapters train, as with PEFT's `set_adapter`. `modules_to_save` copies follow: the one
+    /// of `names` with a copy of a module is used there (two such names on one module are an
+    /// error, as in PEFT). Errors if a name exists on no site; on error nothing changes.
     fn set_active_adapters(&mut self, names: &[&str]) -> Result<()>
     where
         Self: Module + Sized,
@@ -499,7 +546,8 @@ pub trait LoraModelExt: LoraSites {
                 });
             }
         }
-        self.visit_lora_sites_mut("", &mut |p, l| {
+        let mut next = saved::edit(self.clone(), |sets| saved::activate(sets, names))?;
+        next.visit_lora_sites_mut("", &mut |p, l| {
             let have = l.adapter_names();
             let keep: Vec<String> = names
                 .iter()
@@ -508,21 +556,39 @@ pub trait LoraModelExt: LoraSites {
                 .collect();
             l.set_active(&keep).map_err(|e| at(e, p))
         })?;
-        *self = sync_adapter_grads(self.clone());
+        *self = sync_adapter_grads(next);
         Ok(())
     }
-    /// Turns all adapters off (the base model's output) or back on.
-    fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()> {
+    /// Turns all adapters off (the base model's output, original `modules_to_save` modules
+    /// included) or back on.
+    fn set_adapters_disabled(&mut self, disabled: bool) -> Result<()>
+    where
+        Self: Module + Sized,
+    {
         self.visit_lora_sites_mut("", &mut |p, l| {
             l.set_disabled(disabled).map_err(|e| at(e, p))
-        })
+        })?;
+        let next = saved::edit(self.clone(), |sets| {
+            saved::disable(sets, disabled);
+            Ok(())
+        })?;
+        *self = sync_adapter_grads(next);
+        Ok(())
     }
     /// Removes the adapter from every site. If it was the last active one, each site
     /// activates its alphabetically first remaining adapter (PEFT's `delete_adapter`).
+    /// Its `modules_to_save` copies go too; where the copy in use goes, the module uses the
+    /// copy of the first adapter the first LoRA layer now has active, or its original.
     fn delete_adapter(&mut self, name: &str) -> Result<()>
     where
         Self: Module + Sized,
     {
+        let mut first_site = None;
+        self.visit_lora_sites("", &mut |p, l| {
+            if first_site.is_none() && !l.adapter_names().is_empty() {
+                first_site = Some(p.to_string());
+            }
+        });
         for_adapter(self, name, |l| l.remove_adapter(name))?;
         let mut any_active = false;
         self.visit_lora_sites("", &mut |_, l| any_active |= !l.active().is_empty());
@@ -532,7 +598,17 @@ pub trait LoraModelExt: LoraSites {
                 None => Ok(()),
             })?;
         }
-        *self = sync_adapter_grads(self.clone());
+        let mut new_active = Vec::new();
+        self.visit_lora_sites("", &mut |p, l| {
+            if first_site.as_deref() == Some(p) {
+                new_active = l.active();
+            }
+        });
+        let next = saved::edit(self.clone(), |sets| {
+            saved::delete(sets, name, &new_active);
+            Ok(())
+        })?;
+        *self = sync_adapter_grads(next);
         Ok(())
     }
 }
@@ -583,9 +659,10 @@ pub(crate) fn at(e: LoraError, path: &str) -> LoraError {
 pub struct ParamInfo {
     /// burn's dotted path, e.g. `h.0.ln_1.gamma`.
     pub burn_path: String,
-    /// PyTorch / Hugging Face name, e.g. `h.0.ln_1.weight`.
+    /// PyTorch / Hugging Face name, e.g. `h.0.ln_1.weight` (for a `modules_to_save` copy: the
+    /// name of the parameter it copies).
     pub hf_path: String,
-    /// Shape (read without initialising lazy parameters).
+    /// Shape (read without initialising lazy parameters; a copy has its parameter's shape).
     pub shape: Vec<usize>,
     /// `Some(site)` for adapter factors: the site path owning them.
     pub adapter_site: Option<String>,
@@ -593,52 +670,93 @@ pub struct ParamInfo {
     pub adapter_active: bool,
     /// Container type of the owning module, e.g. `Struct:Linear`.
     pub owner: String,
+    /// Its part in `modules_to_save` (PEFT's `ModulesToSaveWrapper`), if any.
+    pub saved: Option<SavedRole>,
+}
+
+/// A parameter's part in `modules_to_save` (see [`saved`](crate::saved)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavedRole {
+    /// The original value: frozen, in use while no adapter with a copy is.
+    Original,
+    /// One adapter's copy.
+    Copy {
+        /// The adapter.
+        adapter: String,
+        /// burn path of the parameter it copies.
+        of: String,
+        /// Whether it trains (the copy in use, adapters enabled).
+        trains: bool,
+    },
 }
 
 /// Lists every float parameter of a model with its paths (see [`ParamInfo`]).
 pub fn visit_params<M: Module + LoraSites>(model: &M) -> Vec<ParamInfo> {
-    struct V<'a, M: LoraSites> {
-        walk: PathWalk,
-        out: Vec<ParamInfo>,
-        active: BTreeSet<(String, usize)>,
-        model: &'a M,
-    }
-    impl<M: LoraSites> ModuleVisitor for V<'_, M> {
-        fn enter_module(&mut self, name: &str, kind: &str) {
-            self.walk.enter(name, kind);
-        }
-        fn exit_module(&mut self, _name: &str, _kind: &str) {
-            self.walk.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let burn_path = self.walk.path.join(".");
-            let adapter_site = if self.walk.in_adapter() {
-                self.walk
-                    .site_of_adapter()
-                    .map(|s| self.model.hf_param_path(&s))
-            } else {
-                None
-            };
-            let adapter_active = self
-                .walk
-                .adapter_slot()
-                .is_some_and(|slot| self.active.contains(&slot));
-            self.out.push(ParamInfo {
-                hf_path: self.model.hf_param_path(&self.walk.torch_path()),
-                burn_path,
-                shape: param.lazy_shape().to_vec(),
-                adapter_site,
-                adapter_active,
-                owner: self.walk.owner_kind().to_string(),
-            });
-        }
-    }
-    let mut v = V {
+    let mut v = ParamLister {
         walk: PathWalk::default(),
         out: Vec::new(),
         active: active_slots(model),
+        originals: saved::scan_copies(model).into_keys().collect(),
+        seen: std::collections::HashMap::new(),
         model,
     };
     model.visit(&mut v);
     v.out
+}
+
+struct ParamLister<'a, M: LoraSites> {
+    walk: PathWalk,
+    out: Vec<ParamInfo>,
+    active: BTreeSet<(String, usize)>,
+    originals: BTreeSet<String>,
+    /// Index in `out` of each parameter by burn path (a copy is visited after its parameter).
+    seen: std::collections::HashMap<String, usize>,
+    model: &'a M,
+}
+
+impl<M: LoraSites> ModuleVisitor for ParamLister<'_, M> {
+    fn enter_module(&mut self, name: &str, kind: &str) {
+        self.walk.enter(name, kind);
+    }
+    fn exit_module(&mut self, _name: &str, _kind: &str) {
+        self.walk.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let burn_path = self.walk.path.join(".");
+        let copy = saved::copied_param(&self.walk).zip(saved::copy_state(&self.walk));
+        if let Some(((of, adapter), state)) = copy {
+            let Some(original) = self.seen.get(&of).map(|&i| self.out[i].clone()) else {
+                return;
+            };
+            self.out.push(ParamInfo {
+                burn_path,
+                saved: Some(SavedRole::Copy {
+                    adapter,
+                    of,
+                    trains: state.trains(),
+                }),
+                ..original
+            });
+            return;
+        }
+        let adapter_site = match self.walk.in_adapter() {
+            true => (self.walk.site_of_adapter()).map(|s| self.model.hf_param_path(&s)),
+            false => None,
+        };
+        let adapter_active = (self.walk.adapter_slot()).is_some_and(|s| self.active.contains(&s));
+        let saved = self
+            .originals
+            .contains(&burn_path)
+            .then_some(SavedRole::Original);
+        self.seen.insert(burn_path.clone(), self.out.len());
+        self.out.push(ParamInfo {
+            hf_path: self.model.hf_param_path(&self.walk.torch_path()),
+            burn_path,
+            shape: param.lazy_shape().to_vec(),
+            adapter_site,
+            adapter_active,
+            owner: self.walk.owner_kind().to_string(),
+            saved,
+        });
+    }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use burn::module::Module;
 
 use crate::config::LoraConfig;
-use crate::model::{TrainPolicy, visit_params};
+use crate::model::{SavedRole, TrainPolicy, visit_params};
 use crate::sites::LoraSites;
 
 /// Parameter counts of one module (a LoRA site counts its adapters; other modules their own
@@ -35,7 +35,7 @@ pub struct ParamReport {
     pub modules: Vec<ModuleParams>,
     /// Total trainable parameters.
     pub trainable: usize,
-    /// Total parameters (adapters included, as PEFT counts).
+    /// Total parameters (adapters and `modules_to_save` copies included, as PEFT counts).
     pub total: usize,
     /// `modules_to_save` entries that name no module of the model, so train nothing (PEFT
     /// says nothing; we list them). The heads PEFT adds for the task type are left out.
@@ -55,7 +55,12 @@ impl ParamReport {
                         .hf_path
                         .rsplit_once('.')
                         .map_or(String::new(), |(m, _)| m.to_string());
-                    (module, n, policy.trains(&p.hf_path), false)
+                    let trains = match &p.saved {
+                        None => policy.trains(&p.hf_path),
+                        Some(SavedRole::Original) => false,
+                        Some(SavedRole::Copy { trains, .. }) => *trains,
+                    };
+                    (module, n, trains, false)
                 }
             }
         }))

@@ -12,7 +12,7 @@ use crate::config::{LoraConfig, scale};
 use crate::error::{LoraError, Result};
 use crate::linalg::{to_mat, to_tensor};
 
-use super::ops::edit_sets;
+use super::ops::{add_saved_copies, edit_sets};
 use super::paths::PathMap;
 use super::reparam::{AdapterFactors, AdapterMeta, Layout};
 use super::sites::{scan, sync_adapter_grads};
@@ -33,6 +33,7 @@ pub fn add_weighted_adapter<M: Module>(
 ) -> Result<(M, LoraConfig)> {
     let found = scan(&model, map);
     check_names(&found.adapter_names(), adapters, name)?;
+    crate::saved::check_combinable(&crate::saved::scan_copies(&model), adapters)?;
     let combination = if adapters.len() == 1 {
         Combination::Linear
     } else {
@@ -81,6 +82,8 @@ pub fn add_weighted_adapter<M: Module>(
         }
         Ok(false)
     })?;
+    let after = scan(&model, map);
+    let model = add_saved_copies(model, &after, config, name, false)?;
     Ok((
         sync_adapter_grads(model),
         combined_config(config, rank, modules),

@@ -15,6 +15,7 @@ use crate::error::{LoraError, Result};
 use crate::io::{HostTensor, serialize_safetensors, write_atomic};
 use crate::layer::LayerKind;
 use crate::model::{PathWalk, TrainPolicy};
+use crate::saved::copy_path;
 
 use super::ops::{Target, inject_adapter, select};
 use super::paths::PathMap;
@@ -68,7 +69,7 @@ pub fn adapter_state<M: Module>(
     if out.is_empty() {
         return Err(no_weight_adapter(&found, name));
     }
-    out.extend(saved_base_params(model, &found, &config)?);
+    out.extend(saved_base_params(model, &found, &config, name)?);
     let mut out: Vec<(String, HostTensor)> = out
         .into_iter()
         .map(|(k, v)| (format!("{KEY_PREFIX}{k}"), v))
@@ -98,24 +99,35 @@ fn no_weight_adapter(found: &Scan, name: &str) -> LoraError {
     }
 }
 
-/// The base parameters `config` trains (`modules_to_save`, `bias`), keyed as PEFT saves them
-/// (`<module>.base_layer.<leaf>` inside adapted modules) in PyTorch layout.
+/// The base parameters adapter `name` trains (its `modules_to_save` copies; what `bias`
+/// selects), keyed as PEFT saves them (`<module>.base_layer.<leaf>` inside adapted modules) in
+/// PyTorch layout.
 fn saved_base_params<M: Module>(
     model: &M,
     found: &Scan,
     config: &LoraConfig,
+    name: &str,
 ) -> Result<Vec<(String, HostTensor)>> {
     let adapted = found.adapted_modules();
     let policy = TrainPolicy::from_sites(config, adapted.clone());
-    let wanted: HashMap<String, &BaseParam> = found
-        .params
-        .iter()
-        .filter(|p| policy.trains(&p.peft_path))
-        .map(|p| (p.burn_path.clone(), p))
+    let copies = crate::saved::scan_copies(model);
+    // A parameter with copies is saved as adapter `name`'s copy (if it has one), in its shape.
+    let wanted: HashMap<String, &BaseParam> = (found.params.iter())
+        .filter_map(|p| {
+            let path = match copies.get(&p.burn_path) {
+                None => policy.trains(&p.peft_path).then(|| p.burn_path.clone()),
+                Some(set) => (set.copy_of(name)).map(|_| copy_path(&p.burn_path, name, &set.leaf)),
+            };
+            path.map(|path| (path, p))
+        })
         .collect();
     let mut out = Vec::new();
     for (burn_path, value) in read_values(model, &wanted.keys().cloned().collect())? {
         let p = wanted[&burn_path];
+        let value = HostTensor {
+            shape: p.shape.clone(),
+            data: value.data,
+        };
         let value = torch_layout(p, value, config);
         let key = match p.peft_path.rsplit_once('.') {
             Some((module, leaf)) if adapted.contains(module) => {
@@ -176,6 +188,8 @@ pub fn load_adapter<M: Module>(
     }
     take_base_params(&found, &targets, &config, &mut file, &source, &mut values)?;
     let model = inject_adapter(model.clone(), &config.for_loading()?, name, map)?;
+    // `modules_to_save` tensors belong to the adapter's own copies.
+    let values = crate::saved::redirect_to_copies(&model, values, name);
     let mut mapper = SetValues {
         walk: PathWalk::default(),
         values: &values,

@@ -62,10 +62,10 @@
 
 mod combine;
 mod files;
-mod ops;
+pub(crate) mod ops;
 mod paths;
-mod reparam;
-mod sites;
+pub(crate) mod reparam;
+pub(crate) mod sites;
 
 pub use combine::add_weighted_adapter;
 pub use files::{adapter_state, load_adapter, save_adapter};

@@ -13,10 +13,14 @@ use crate::error::{LoraError, Result};
 use crate::layer::{init_embedding_factors, init_linear_factors};
 use crate::model::{PathWalk, TrainPolicy, one_bias_adapter};
 use crate::report::ParamReport;
+use crate::saved::{self, SavedParam};
 
 use super::paths::PathMap;
 use super::reparam::{AdapterFactors, AdapterMeta, Layout, WeightLora, dora_norm};
-use super::sites::{BaseParam, Edit, Scan, apply_trainability, rebuild, scan, sync_adapter_grads};
+use super::sites::{
+    BaseParam, Edit, Scan, apply_trainability, rebuild, rebuild_without_copies, scan,
+    sync_adapter_grads,
+};
 
 /// One parameter `config` selects.
 pub(crate) struct Target {
@@ -220,12 +224,36 @@ pub fn inject_adapter<M: Module>(
             bias: config.bias,
         });
     }
-    let model = rebuild(model, edits);
+    let model = add_saved_copies(rebuild(model, edits), &found, config, name, first)?;
     if !first {
         return Ok(sync_adapter_grads(model));
     }
     let adapted = scan(&model, map).adapted_modules();
     Ok(apply_trainability(model, config, map, adapted))
+}
+
+/// Gives adapter `name` its copy of every parameter of the modules `config.modules_to_save`
+/// names (PEFT's `ModulesToSaveWrapper`); the first adapter's copies start in use.
+pub(crate) fn add_saved_copies<M: Module>(
+    model: M,
+    found: &Scan,
+    config: &LoraConfig,
+    name: &str,
+    first: bool,
+) -> Result<M> {
+    let params: Vec<SavedParam> = (found.params.iter())
+        .filter(|p| config.saves_module(p.peft_module()))
+        .map(|p| SavedParam {
+            burn_path: p.burn_path.clone(),
+            leaf: p.leaf().to_string(),
+            owner: p.owner.clone(),
+        })
+        .collect();
+    if params.is_empty() {
+        return Ok(model);
+    }
+    let sets = saved::with_new_copies(&model, &params, name, first)?;
+    Ok(saved::replace_copies(model, sets))
 }
 
 /// PEFT allows one adapter per model whose config has `bias` other than `none`.
@@ -457,6 +485,7 @@ pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M> {
             adapter: n.to_string(),
         });
     }
+    let model = saved::edit(model, |sets| saved::activate(sets, names))?;
     let model = edit_sets(model, None, |_, w, lora| {
         let mut changed = false;
         for i in 0..lora.metas.len() {
@@ -471,9 +500,10 @@ pub fn set_active_adapters<M: Module>(model: M, names: &[&str]) -> Result<M> {
     Ok(sync_adapter_grads(model))
 }
 
-/// Turns every adapter off (the base model's output; merged ones are unmerged first) or back on.
+/// Turns every adapter off (the base model's output, original `modules_to_save` modules
+/// included; merged adapters are unmerged first) or back on.
 pub fn set_adapters_disabled<M: Module>(model: M, disabled: bool) -> Result<M> {
-    edit_sets(model, None, |_, w, lora| {
+    let model = edit_sets(model, None, |_, w, lora| {
         let mut changed = false;
         if disabled {
             for i in 0..lora.metas.len() {
@@ -482,12 +512,18 @@ pub fn set_adapters_disabled<M: Module>(model: M, disabled: bool) -> Result<M> {
         }
         lora.disabled = disabled;
         Ok(changed)
-    })
+    })?;
+    let model = saved::edit(model, |sets| {
+        saved::disable(sets, disabled);
+        Ok(())
+    })?;
+    Ok(sync_adapter_grads(model))
 }
 
 /// Removes adapter `name` from every parameter (unmerging it first where merged); a parameter
 /// left without adapters becomes plain.
 pub fn delete_adapter<M: Module>(model: M, name: &str) -> Result<M> {
+    let first_site = first_adapted(&model);
     let model = edit_sets(model, Some(name), |_, w, lora| {
         let Some(i) = lora.metas.iter().position(|m| m.name == name) else {
             return Ok(false);
@@ -499,22 +535,37 @@ pub fn delete_adapter<M: Module>(model: M, name: &str) -> Result<M> {
     })?;
     // PEFT: the last active adapter gone, each site activates its alphabetically first one.
     let found = scan(&model, &PathMap::identity());
-    if found
-        .sites
-        .values()
-        .flat_map(|l| &l.metas)
-        .any(|m| m.active)
-    {
-        return Ok(sync_adapter_grads(model));
-    }
-    let model = edit_sets(model, None, |_, _, lora| {
-        let first = lora.metas.iter_mut().min_by(|a, b| a.name.cmp(&b.name));
-        if let Some(m) = first {
-            m.active = true;
-        }
-        Ok(false)
+    let any_active = (found.sites.values().flat_map(|l| &l.metas)).any(|m| m.active);
+    let model = match any_active {
+        true => model,
+        false => edit_sets(model, None, |_, _, lora| {
+            let first = lora.metas.iter_mut().min_by(|a, b| a.name.cmp(&b.name));
+            if let Some(m) = first {
+                m.active = true;
+            }
+            Ok(false)
+        })?,
+    };
+    // PEFT: `modules_to_save` follow the first LoRA layer's active adapters.
+    let found = scan(&model, &PathMap::identity());
+    let new_active: Vec<String> = (first_site.and_then(|p| found.sites.get(&p)))
+        .map(|l| l.metas.iter().filter(|m| m.active).map(|m| m.name.clone()))
+        .into_iter()
+        .flatten()
+        .collect();
+    let model = saved::edit(model, |sets| {
+        saved::delete(sets, name, &new_active);
+        Ok(())
     })?;
     Ok(sync_adapter_grads(model))
+}
+
+/// The burn path of the first adapted parameter in traversal order (PEFT's first tuner layer).
+fn first_adapted<M: Module>(model: &M) -> Option<String> {
+    let found = scan(model, &PathMap::identity());
+    (found.params.iter())
+        .find(|p| found.sites.contains_key(&p.burn_path))
+        .map(|p| p.burn_path.clone())
 }
 
 /// Folds every active adapter into the base weights and removes all adapters: an ordinary
@@ -526,11 +577,21 @@ pub fn merge_and_unload<M: Module>(model: M) -> M {
     model.materialize()
 }
 
-/// Removes all adapters without merging (merged ones are unmerged first): the base module back.
-/// PEFT's `unload`.
+/// Removes all adapters without merging (merged ones are unmerged first): the base module back,
+/// except that a `modules_to_save` module keeps the active adapter's copy, as PEFT's `unload`
+/// does.
 pub fn unload<M: Module>(model: M) -> Result<M> {
+    let copies = saved::scan_copies(&model);
     let model = set_adapters_disabled(model, true)?;
-    Ok(rebuild(model, HashMap::new()))
+    let mut edits = HashMap::new();
+    for (path, set) in copies {
+        if let Some(copy) = set.active.and_then(|i| set.copies.get(i)) {
+            let n = copy.lazy_shape().num_elements();
+            let base = Some(copy.val().reshape([1, 1, n]).detach());
+            edits.insert(path, Edit { base, lora: None });
+        }
+    }
+    Ok(rebuild_without_copies(model, edits))
 }
 
 /// PEFT's trainable-parameter report for a model adapted with [`inject_adapter`], under
@@ -546,19 +607,25 @@ pub fn report<M: Module>(model: &M, config: &LoraConfig, map: &PathMap) -> Param
                 + f.magnitude
                     .as_ref()
                     .map_or(0, |m| m.lazy_shape().num_elements());
-            rows.push((module.clone(), n, meta.active, true));
+            rows.push((module.clone(), n, meta.active && !lora.disabled, true));
         }
     }
     let adapted = found.adapted_modules();
     let policy = TrainPolicy::from_sites(config, adapted);
+    let copies = saved::scan_copies(model);
     for p in &found.params {
         let n = p.shape.iter().product();
-        rows.push((
-            p.peft_module().to_string(),
-            n,
-            policy.trains(&p.peft_path),
-            false,
-        ));
+        let module = p.peft_module().to_string();
+        let Some(set) = copies.get(&p.burn_path) else {
+            rows.push((module, n, policy.trains(&p.peft_path), false));
+            continue;
+        };
+        // PEFT counts the frozen original and every copy; the copy in use trains.
+        rows.push((module.clone(), n, false, false));
+        for i in 0..set.copies.len() {
+            let trains = set.active == Some(i) && !set.disabled;
+            rows.push((module.clone(), n, trains, false));
+        }
     }
     ParamReport::from_params(rows.into_iter()).with_unmatched(config)
 }

@@ -217,7 +217,8 @@ thread_local! {
     static BYPASS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Runs `f` with every [`WeightLora`] passing its base through.
+/// Runs `f` with every [`WeightLora`] (and every `modules_to_save` copy) passing its base
+/// through.
 pub(crate) fn bypassed<T>(f: impl FnOnce() -> T) -> T {
     BYPASS.with(|b| b.set(b.get() + 1));
     struct Restore;
@@ -228,6 +229,11 @@ pub(crate) fn bypassed<T>(f: impl FnOnce() -> T) -> T {
     }
     let _restore = Restore;
     f()
+}
+
+/// Whether [`bypassed`] is in force on this thread.
+pub(crate) fn bypass_active() -> bool {
+    BYPASS.with(|b| b.get() > 0)
 }
 
 impl WeightLora {
@@ -278,8 +284,7 @@ impl Reparameterization for WeightLora {
     const NAME: &'static str = "lora";
 
     fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
-        let bypass = BYPASS.with(|b| b.get() > 0);
-        if bypass || self.disabled || self.live().next().is_none() {
+        if bypass_active() || self.disabled || self.live().next().is_none() {
             return base;
         }
         let shape = base.shape();

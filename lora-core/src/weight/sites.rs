@@ -12,6 +12,7 @@ use burn::prelude::*;
 
 use crate::config::LoraConfig;
 use crate::model::{PathWalk, TrainPolicy, stable_id};
+use crate::saved::{SavedCopies, scan_copies};
 
 use super::paths::PathMap;
 use super::reparam::{AdapterFactors, AdapterMeta, Layout, WeightLora, bypassed};
@@ -150,6 +151,10 @@ impl ModuleVisitor for Scanner<'_> {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if crate::saved::copy_state(&self.walk).is_some() {
+            // A `modules_to_save` copy, not a base parameter (see `saved::scan_copies`).
+            return;
+        }
         let Some((site, index)) = self.adapter.clone() else {
             let torch = self.walk.torch_path();
             self.scan.params.push(BaseParam {
@@ -187,7 +192,7 @@ impl ModuleVisitor for Scanner<'_> {
 
 /// The same parameter (id, value, trainability) seen at another rank; the visitor hands out
 /// parameters generically over their rank.
-fn reranked<const D: usize, const E: usize>(p: &Param<Tensor<D>>) -> Param<Tensor<E>> {
+pub(crate) fn reranked<const D: usize, const E: usize>(p: &Param<Tensor<D>>) -> Param<Tensor<E>> {
     let value = p.val();
     let require_grad = value.is_require_grad();
     let dims = value.dims();
@@ -207,10 +212,62 @@ pub(crate) struct Edit {
 }
 
 /// Strips every adapter from `model` and attaches the adapters of `edits`, by burn parameter
-/// path. Parameters with no edit end up plain.
+/// path. Parameters with no edit end up plain; `modules_to_save` copies are kept.
 pub(crate) fn rebuild<M: Module>(model: M, edits: HashMap<String, Edit>) -> M {
+    let copies = scan_copies(&model);
+    rebuild_with(model, edits, copies)
+}
+
+/// Replaces the model's `modules_to_save` copies by `copies`, keeping its weight adapters.
+pub(crate) fn rebuild_keeping_lora<M: Module>(
+    model: M,
+    copies: BTreeMap<String, SavedCopies>,
+) -> M {
+    let found = scan(&model, &PathMap::identity());
+    let edits = (found.sites.into_iter())
+        .map(|(path, lora)| {
+            let edit = Edit {
+                base: None,
+                lora: Some(lora),
+            };
+            (path, edit)
+        })
+        .collect();
+    rebuild_with(model, edits, copies)
+}
+
+/// [`rebuild`], dropping every `modules_to_save` copy.
+pub(crate) fn rebuild_without_copies<M: Module>(model: M, edits: HashMap<String, Edit>) -> M {
+    rebuild_with(model, edits, BTreeMap::new())
+}
+
+/// Strips every reparameterization (burn keeps one per parameter and cannot detach it), then
+/// attaches the weight adapters of `edits` and the `modules_to_save` copies of `copies`.
+fn rebuild_with<M: Module>(
+    model: M,
+    edits: HashMap<String, Edit>,
+    copies: BTreeMap<String, SavedCopies>,
+) -> M {
     let stripped = bypassed(|| model.materialize());
-    stripped.apply_reparameterization(Rebuild { edits })
+    let adapted = stripped.apply_reparameterization(Rebuild { edits });
+    adapted.apply_reparameterization(AttachCopies { copies })
+}
+
+/// Attaches `modules_to_save` copies by burn parameter path.
+struct AttachCopies {
+    copies: BTreeMap<String, SavedCopies>,
+}
+
+impl Reparameterizer for AttachCopies {
+    type Reparam = SavedCopies;
+
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<SavedCopies>) {
+        (param, self.copies.remove(path))
+    }
 }
 
 struct Rebuild {
@@ -250,16 +307,18 @@ pub(crate) fn apply_trainability<M: Module>(
     let mut mapper = Trainability {
         walk: PathWalk::default(),
         policy: Some((&policy, map)),
+        originals: scan_copies(&model).into_keys().collect(),
     };
     model.map(&mut mapper)
 }
 
-/// Sets which adapter factors train: those of active adapters (PEFT's `set_adapter`). Other
-/// parameters keep their setting.
+/// Sets which adapter factors and `modules_to_save` copies train: those of active adapters
+/// (PEFT's `set_adapter`). Other parameters keep their setting.
 pub(crate) fn sync_adapter_grads<M: Module>(model: M) -> M {
     let mut mapper = Trainability {
         walk: PathWalk::default(),
         policy: None,
+        originals: scan_copies(&model).into_keys().collect(),
     };
     model.map(&mut mapper)
 }
@@ -268,6 +327,8 @@ struct Trainability<'a> {
     walk: PathWalk,
     /// `None`: leave parameters outside adapters as they are.
     policy: Option<(&'a TrainPolicy, &'a PathMap)>,
+    /// Parameters with `modules_to_save` copies.
+    originals: BTreeSet<String>,
 }
 
 impl ModuleMapper for Trainability<'_> {
@@ -278,15 +339,17 @@ impl ModuleMapper for Trainability<'_> {
         self.walk.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        // The factors of active adapters train; the DoRA merge cache never does.
+        // The factors of active adapters train (none while disabled, as in PEFT); the DoRA
+        // merge cache never does.
         let adapter = self
             .walk
             .kinds
             .iter()
-            .find_map(|k| AdapterMeta::decode("", k).map(|(m, _)| m.active));
+            .find_map(|k| AdapterMeta::decode("", k).map(|(m, set)| m.active && !set.disabled));
         let cache = self.walk.path.last().is_some_and(|l| l == "merge_norm");
-        let trains = match (adapter, self.policy) {
-            (Some(active), _) => active && !cache,
+        let saved = crate::saved::saved_trains(&self.walk, &self.originals);
+        let trains = match (saved.or(adapter.map(|a| a && !cache)), self.policy) {
+            (Some(trains), _) => trains,
             (None, Some((policy, map))) => policy.trains(&map.to_peft(&self.walk.torch_path())),
             (None, None) => return param,
         };

@@ -393,9 +393,10 @@ fn only_selected_parameters_train() {
             "{name}: AdamW moments only for trainable params"
         );
         let after = param_values(&model);
+        // The head trains as PEFT's copy for the adapter; its original stays frozen.
         let trains = |p: &str| {
             p.contains(".adapters.")
-                || p.starts_with("head.")
+                || p.starts_with("head.") && p.contains(".modules_to_save.default.")
                 || (p.ends_with(".bias") && (p.contains(".q.") || p.contains(".v.")))
         };
         for ((path, b), (_, a)) in before.iter().zip(&after) {

@@ -11,5 +11,6 @@ mod fuzz;
 mod gpt2;
 mod peft_files;
 mod peft_oracle;
+mod saved_copies;
 mod train;
 mod weight;

@@ -33,7 +33,7 @@ fn logits(model: &Gpt2LmHeadModel, device: &Device) -> HostTensor {
 /// The second half of the round trip (PEFT saved, we loaded): our save of the adapter, with the
 /// batch and our logits, for `python scripts/make_peft_file_fixtures.py --check DIR` to load into
 /// PEFT on `base` (a fixture directory).
-fn leave_round_trip<M: burn::module::Module + LoraSites>(
+pub(crate) fn leave_round_trip<M: burn::module::Module + LoraSites>(
     kind: &str,
     model: &M,
     config: &LoraConfig,

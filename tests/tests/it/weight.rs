@@ -412,14 +412,15 @@ fn trainability_and_report_on_a_plain_model() {
             "fc1.bias",
             "fc1.weight.lora.default.lora_a",
             "fc1.weight.lora.default.lora_b",
-            "fc2.bias",
-            "fc2.weight"
+            "fc2.bias.modules_to_save.default.bias",
+            "fc2.weight.modules_to_save.default.weight"
         ]
     );
     let report = weight::report(&m, &config, &PathMap::identity());
-    // A [4, 8] + B [16, 4] + fc1.bias 16 + fc2 (16·3 + 3).
+    // A [4, 8] + B [16, 4] + fc1.bias 16 + fc2's copy (16·3 + 3).
     assert_eq!(report.trainable, 32 + 64 + 16 + 51);
-    assert_eq!(report.total, 20 * 8 + (8 * 16 + 16) + 51 + 32 + 64);
+    // The frozen original fc2 counts too, as in PEFT.
+    assert_eq!(report.total, 20 * 8 + (8 * 16 + 16) + 51 + 51 + 32 + 64);
 }
 
 // ---------------------------------------------------------------- bad input
