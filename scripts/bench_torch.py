@@ -1,16 +1,26 @@
 #!/usr/bin/env python3
 """PyTorch + PEFT reference for lora-bench: the same training steps and inference forwards on
-the same shapes (random init), on the CPU, so both can be compared in one run on one machine.
+the same shapes (random init), on the CPU (default) or on a CUDA GPU, so both can be compared in
+one run on one machine.
 
 Each measurement runs in its own process (this script re-invoked with --child), so its peak
 resident memory (ru_maxrss) is its own, as lora-bench does. Writes JSON in lora-bench's schema:
 {"setup": {...}, "train": [TrainRun...], "infer": [InferRun...], "failures": [...]}.
 
+Device: --device cpu|cuda, or the environment variable BENCH_TORCH_DEVICE=cpu|cuda when no
+--device is given (lora-bench --torch passes no device flag, so that is how a lora-bench run gets
+the CUDA reference: scripts/gpu-bench.sh sets it). On cuda the model and batch live on the GPU,
+every timed phase is bracketed by torch.cuda.synchronize(), rows are labelled "torch-cuda", and
+device_reserved_bytes is torch.cuda.max_memory_allocated() of the run (peak_rss_bytes stays the
+process's resident memory). Asking for cuda when torch sees no CUDA device is an error.
+
 Usage (lora-bench calls it with --torch PYTHON):
   python scripts/bench_torch.py --arch gpt2,roberta --mode full,lora --json out.json
+  BENCH_TORCH_DEVICE=cuda python scripts/bench_torch.py --size tiny --json out.json
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -32,6 +42,22 @@ def current_rss_bytes():
     except OSError:
         pass
     return None
+
+
+DEVICES = ("cpu", "cuda")
+DEVICE_ENV = "BENCH_TORCH_DEVICE"
+
+
+def sync(device):
+    """Waits for queued GPU work, so a timer read after it covers that work (no-op on the CPU)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def label(device):
+    return f"torch-{device}"
 
 
 def build(arch, size, vocab=None):
@@ -97,8 +123,11 @@ def add_lora(model, arch, args, init=True):
 def batch(arch, vocab, args):
     import torch
 
+    # Drawn on the CPU generator on every device, so CPU and CUDA runs see the same tokens.
     ids = torch.randint(3, vocab, (args.batch, args.seq))
     labels = torch.randint(0, 2, (args.batch,))
+    if args.device != "cpu":
+        ids, labels = ids.to(args.device), labels.to(args.device)
     return ids, labels
 
 
@@ -111,10 +140,16 @@ def loss_of(model, arch, ids, labels):
 def run_train(arch, mode, args):
     import torch
 
+    dev = args.device
+    if dev == "cuda":
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model, vocab = build(arch, args.size, args.vocab)
     if mode == "lora":
         model = add_lora(model, arch, args)
+    if dev != "cpu":
+        model = model.to(dev)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
@@ -122,14 +157,18 @@ def run_train(arch, mode, args):
     rss_before = current_rss_bytes()
     times, fwd, bwd, upd, losses = [], [], [], [], []
     for i in range(args.warmup + args.steps):
+        sync(dev)
         t0 = time.perf_counter()
         loss = loss_of(model, arch, ids, labels)
         value = loss.item()
+        sync(dev)
         t1 = time.perf_counter()
         loss.backward()
+        sync(dev)
         t2 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync(dev)
         t3 = time.perf_counter()
         print(f"  torch {arch} {mode} step {i + 1}/{args.warmup + args.steps}: {t3 - t0:.3f} s "
               f"(forward {t1 - t0:.3f}, backward {t2 - t1:.3f}), loss {value:.4f}", file=sys.stderr)
@@ -139,9 +178,11 @@ def run_train(arch, mode, args):
             bwd.append(t2 - t1)
             upd.append(t3 - t2)
             losses.append(value)
+    # On cuda: the GPU allocator's peak over the whole run (model, optimizer state, activations).
+    device_bytes = torch.cuda.max_memory_allocated() if dev == "cuda" else None
     return {
         "arch": arch,
-        "device": "torch-cpu",
+        "device": label(dev),
         "mode": mode,
         "trainable_params": sum(p.numel() for p in params),
         "step_seconds": times,
@@ -153,7 +194,7 @@ def run_train(arch, mode, args):
         "loss_last": losses[-1],
         "rss_before_bytes": rss_before,
         "peak_rss_bytes": peak_rss_bytes(),
-        "device_reserved_bytes": None,
+        "device_reserved_bytes": device_bytes,
     }
 
 
@@ -162,8 +203,11 @@ def run_infer(arch, args):
 
     import torch
 
+    dev = args.device
     torch.manual_seed(0)
     base, vocab = build(arch, args.size, args.vocab)
+    if dev != "cpu":
+        base = base.to(dev)
     base.eval()
     # Random B (init_lora_weights=False) so the adapter changes the output, as lora-bench does.
     unmerged = add_lora(copy.deepcopy(base), arch, args, init=False).eval()
@@ -176,14 +220,16 @@ def run_infer(arch, args):
         times = {k: [] for k, _ in variants}
         for i in range(args.warmup + args.steps):
             for name, m in variants:
+                sync(dev)
                 t0 = time.perf_counter()
                 out(m)
+                sync(dev)
                 dt = time.perf_counter() - t0
                 if i >= args.warmup:
                     times[name].append(dt)
     return {
         "arch": arch,
-        "device": "torch-cpu",
+        "device": label(dev),
         "base_s": statistics.median(times["base"]),
         "unmerged_s": statistics.median(times["unmerged"]),
         "merged_s": statistics.median(times["merged"]),
@@ -218,15 +264,25 @@ def main():
     p.add_argument("--size", choices=["real", "tiny"], default="real")
     p.add_argument("--no-infer", action="store_true")
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--device", choices=DEVICES, default=None,
+                   help=f"cpu or cuda (default: ${DEVICE_ENV}, else cpu)")
     p.add_argument("--json", default="torch-bench.json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.device is None:
+        args.device = os.environ.get(DEVICE_ENV, "").strip() or "cpu"
+        if args.device not in DEVICES:
+            sys.exit(f"error: {DEVICE_ENV}={args.device!r} is not one of: {', '.join(DEVICES)}")
     if args.child:
         return child(args)
 
     import peft
     import torch
     import transformers
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"error: --device cuda (or {DEVICE_ENV}=cuda) asked for, but torch {torch.__version__} "
+                 f"sees no CUDA device (torch.cuda.is_available() is false; CUDA build: {torch.version.cuda})")
 
     setup = {
         "torch": torch.__version__,
@@ -236,10 +292,20 @@ def main():
         "targets": args.targets,
         "attention": "transformers default (sdpa)",
     }
+    if args.device == "cuda":
+        # Only on cuda, so the CPU report keeps exactly its former fields.
+        setup.update({
+            "device": "cuda",
+            "gpu": torch.cuda.get_device_name(0),
+            "cuda": torch.version.cuda,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "device_reserved_bytes": "torch.cuda.max_memory_allocated() per run",
+        })
     report = {"setup": setup, "train": [], "infer": [], "failures": []}
     common = ["--batch", str(args.batch), "--seq", str(args.seq), "--warmup", str(args.warmup),
               "--steps", str(args.steps), "--r", str(args.r), "--alpha", str(args.alpha),
-              "--threads", str(args.threads), "--size", args.size, "--targets", args.targets]
+              "--threads", str(args.threads), "--size", args.size, "--targets", args.targets,
+              "--device", args.device]
     if args.vocab:
         common += ["--vocab", str(args.vocab)]
     for arch in [a for a in args.arch.split(",") if a]:

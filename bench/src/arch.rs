@@ -3,11 +3,11 @@
 
 use burn::module::{Lora, Module, ParamGroup};
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::{Distribution, Gradients};
 use lora_core::weight::{self, PathMap};
 use lora_core::{InitLoraWeights, LoraConfig, LoraSites, TargetModules};
 use lora_models::bert::{BertConfig, RobertaForSequenceClassification, inject_encoder_lora};
-use lora_models::gpt2::{CAttnMode, Gpt2Config, Gpt2LmHeadModel, inject_gpt2_lora};
+use lora_models::gpt2::{CAttnMode, Gpt2Config, Gpt2LmHeadModel, MemoryOptions, inject_gpt2_lora};
 use lora_models::loss::{causal_lm_loss, cross_entropy};
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +153,14 @@ pub trait BenchModel: Module + LoraSites + Sized {
     /// - output: `[1]`
     fn loss(&self, batch: &Batch) -> Result<Tensor<1>>;
 
+    /// The mean training loss (detached) and its gradients computed in segments as `memory`
+    /// says; an error where the architecture has no segmented step.
+    fn segmented(
+        &self,
+        batch: &Batch,
+        memory: MemoryOptions,
+    ) -> Result<(Tensor<1>, Vec<Gradients>)>;
+
     /// The inference forward; the output is returned so the caller decides when to sync.
     ///
     /// # Shapes
@@ -184,6 +192,16 @@ impl BenchModel for Gpt2LmHeadModel {
         Ok(causal_lm_loss(logits, batch.ids.clone(), 0.0))
     }
 
+    fn segmented(
+        &self,
+        batch: &Batch,
+        memory: MemoryOptions,
+    ) -> Result<(Tensor<1>, Vec<Gradients>)> {
+        let ids = batch.ids.clone();
+        let step = self.loss_and_grads(ids.clone(), None, ids, 0.0, memory)?;
+        Ok((step.loss, step.parts))
+    }
+
     fn infer(&self, batch: &Batch) -> Result<Tensor<1>> {
         Ok(self.forward(batch.ids.clone(), None)?.flatten(0, 2))
     }
@@ -206,6 +224,12 @@ impl BenchModel for RobertaForSequenceClassification {
     fn loss(&self, batch: &Batch) -> Result<Tensor<1>> {
         let logits = self.forward(batch.ids.clone(), None, None)?;
         Ok(cross_entropy(logits, batch.labels.clone(), 0.0))
+    }
+
+    fn segmented(&self, _: &Batch, _: MemoryOptions) -> Result<(Tensor<1>, Vec<Gradients>)> {
+        Err(BenchError::Invalid(
+            "--checkpointing and --loss-chunk are implemented for GPT-2 only".into(),
+        ))
     }
 
     fn infer(&self, batch: &Batch) -> Result<Tensor<1>> {

@@ -27,6 +27,8 @@
 //!     lora: LoraShape::default(),
 //!     targets: Targets::Attention,
 //!     vocab: None,
+//!     // Activation checkpointing and a chunked loss (GPT-2): off.
+//!     memory: Default::default(),
 //! };
 //! let run = run_train(&spec, TrainMode::Lora, &Device::flex())?;
 //! println!("median step {:.2} s, peak RSS {:?}", run.median_s, run.peak_rss_bytes);

@@ -8,9 +8,10 @@ use std::process::{Command, ExitCode, Stdio};
 use clap::Parser;
 use lora_bench::arch::{Arch, LoraShape, Size, Targets, TrainMode};
 use lora_bench::measure::{InferRun, RunSpec, TrainRun, run_infer, run_train};
-use lora_bench::report::{Report, Setup, TORCH_DEVICE};
+use lora_bench::report::{Report, Setup, TORCH_DEVICE, is_torch};
 use lora_bench::{BenchError, Result};
 use lora_core::device::{device_names, parse_device};
+use lora_models::gpt2::MemoryOptions;
 use serde::{Deserialize, Serialize};
 
 /// Benchmark LoRA training and inference (random weights of real shapes; nothing downloaded).
@@ -52,6 +53,13 @@ struct Args {
     /// storage-buffer binding limit is below the 154 MB embedding table (lavapipe: 128 MiB).
     #[arg(long)]
     vocab: Option<usize>,
+    /// GPT-2: activation checkpointing per block in the training step (our modes only).
+    #[arg(long)]
+    checkpointing: bool,
+    /// GPT-2: compute the LM head and loss this many target positions at a time, forward and
+    /// backward per chunk, so the full logits never exist (our modes only).
+    #[arg(long, value_name = "TOKENS")]
+    loss_chunk: Option<usize>,
     /// `real` shapes, or `tiny` ones for a quick check of the pipeline.
     #[arg(long, value_enum, default_value = "real")]
     size: Size,
@@ -320,6 +328,10 @@ fn run(args: Args) -> Result<()> {
                 lora,
                 targets: args.targets,
                 vocab: args.vocab,
+                memory: MemoryOptions {
+                    checkpoint_blocks: args.checkpointing,
+                    loss_chunk: args.loss_chunk,
+                },
             };
             let mut tasks: Vec<Option<TrainMode>> = Vec::new();
             if !args.no_train {
@@ -360,12 +372,15 @@ fn run(args: Args) -> Result<()> {
         match run_torch(&args, python) {
             Ok(t) => {
                 report.setup.torch = Some(t.setup);
+                // The script names its device (`torch-cpu`, `torch-cuda`); anything else is
+                // labelled as the CPU reference.
+                let label = |d: String| if is_torch(&d) { d } else { TORCH_DEVICE.into() };
                 report.train.extend(t.train.into_iter().map(|mut r| {
-                    r.device = TORCH_DEVICE.into();
+                    r.device = label(r.device);
                     r
                 }));
                 report.infer.extend(t.infer.into_iter().map(|mut r| {
-                    r.device = TORCH_DEVICE.into();
+                    r.device = label(r.device);
                     r
                 }));
                 report.failures.extend(t.failures);

@@ -9,6 +9,7 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Gradients;
 use lora_core::{InitLoraWeights, LoraModelExt};
+use lora_models::gpt2::MemoryOptions;
 use lora_train::optim::{AdamW, GradAccumulator, OptimizerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,37 @@ pub struct RunSpec {
     /// is below the real 154 MB embedding table, e.g. lavapipe's 128 MiB).
     #[serde(default)]
     pub vocab: Option<usize>,
+    /// GPT-2's memory trades in the training step (checkpointing, chunked loss).
+    #[serde(default, with = "memory_serde")]
+    pub memory: MemoryOptions,
+}
+
+/// [`MemoryOptions`] as `{"checkpoint_blocks": bool, "loss_chunk": n | null}`.
+mod memory_serde {
+    use lora_models::gpt2::MemoryOptions;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Plain {
+        checkpoint_blocks: bool,
+        loss_chunk: Option<usize>,
+    }
+
+    pub fn serialize<S: Serializer>(m: &MemoryOptions, s: S) -> Result<S::Ok, S::Error> {
+        let plain = Plain {
+            checkpoint_blocks: m.checkpoint_blocks,
+            loss_chunk: m.loss_chunk,
+        };
+        plain.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MemoryOptions, D::Error> {
+        let p = Plain::deserialize(d)?;
+        Ok(MemoryOptions {
+            checkpoint_blocks: p.checkpoint_blocks,
+            loss_chunk: p.loss_chunk,
+        })
+    }
 }
 
 /// Figures of one training run.
@@ -172,17 +204,24 @@ impl Optimizer {
         }
     }
 
-    fn step<M: Module>(&mut self, model: M, grads: Gradients) -> M {
+    fn step<M: Module>(&mut self, model: M, mut parts: Vec<Gradients>) -> Result<M> {
         match self {
             Optimizer::Ours(opt) => {
                 let mut acc = GradAccumulator::new();
-                acc.add(&model, grads, 1);
-                opt.step(model, acc.finish(), LR, 1.0)
+                acc.add_parts(&model, parts, 1);
+                Ok(opt.step(model, acc.finish(), LR, 1.0))
             }
-            Optimizer::Burn(opt) => {
-                let grads = GradientsParams::from_grads(grads, &model);
-                opt.step(LR, model, grads)
-            }
+            Optimizer::Burn(opt) => match (parts.pop(), parts.is_empty()) {
+                (Some(grads), true) => {
+                    let grads = GradientsParams::from_grads(grads, &model);
+                    Ok(opt.step(LR, model, grads))
+                }
+                _ => Err(BenchError::Invalid(
+                    "burn's optimizer takes one backward's gradients: no memory options with \
+                     burn-lora"
+                        .into(),
+                )),
+            },
         }
     }
 }
@@ -216,13 +255,22 @@ fn train_loop<M: BenchModel>(
         // Each phase ends with a synchronisation so the split is real on asynchronous devices;
         // the step time is the sum (the syncs cost microseconds).
         let start = Instant::now();
-        let loss = model.loss(&batch)?;
-        let value = scalar(loss.clone().detach())?;
-        let forward = start.elapsed().as_secs_f64();
-        let grads = loss.backward();
+        let (value, forward, grads) = match spec.memory.is_plain() {
+            true => {
+                let loss = model.loss(&batch)?;
+                let value = scalar(loss.clone().detach())?;
+                let forward = start.elapsed().as_secs_f64();
+                (value, forward, vec![loss.backward()])
+            }
+            // Forward and backward interleave: all of it counts as backward.
+            false => {
+                let (loss, grads) = model.segmented(&batch, spec.memory)?;
+                (scalar(loss)?, 0.0, grads)
+            }
+        };
         sync(&ad)?;
         let backward = start.elapsed().as_secs_f64() - forward;
-        model = opt.step(model, grads);
+        model = opt.step(model, grads)?;
         sync(&ad)?;
         let elapsed = start.elapsed().as_secs_f64();
         if !value.is_finite() {
@@ -366,7 +414,32 @@ mod tests {
             lora: LoraShape::default(),
             targets: Targets::Attention,
             vocab: None,
+            memory: MemoryOptions::default(),
         }
+    }
+
+    /// GPT-2's segmented step runs in the bench's loop: the first step's loss (before any
+    /// update) is the plain step's but for dropout masks, which it draws differently.
+    #[test]
+    fn gpt2_trains_with_checkpointing_and_a_chunked_loss() {
+        let device = Device::flex();
+        let plain = run_train(&spec(Arch::Gpt2), TrainMode::Lora, &device).unwrap();
+        let memory = MemoryOptions {
+            checkpoint_blocks: true,
+            loss_chunk: Some(7),
+        };
+        let s = RunSpec {
+            memory,
+            ..spec(Arch::Gpt2)
+        };
+        let traded = run_train(&s, TrainMode::Lora, &device).unwrap();
+        assert_eq!(traded.trainable_params, plain.trainable_params);
+        assert!((traded.loss_first - plain.loss_first).abs() < 0.1);
+        let roberta = RunSpec {
+            memory,
+            ..spec(Arch::Roberta)
+        };
+        assert!(run_train(&roberta, TrainMode::Lora, &device).is_err());
     }
 
     /// Every mode trains the parameters it should, on the sites it should, and its loss moves.

@@ -8,8 +8,14 @@ use serde::{Deserialize, Serialize};
 use crate::arch::{Arch, LoraShape, Size, Targets};
 use crate::measure::{InferRun, TrainRun};
 
-/// The device name under which the PyTorch + PEFT reference appears.
+/// The device name under which the PyTorch + PEFT reference appears when its script names none
+/// (`scripts/bench_torch.py` writes `torch-cpu` or `torch-cuda`).
 pub const TORCH_DEVICE: &str = "torch-cpu";
+
+/// Whether a device name is the PyTorch + PEFT reference's (`torch-cpu`, `torch-cuda`).
+pub fn is_torch(device: &str) -> bool {
+    device.starts_with("torch-")
+}
 
 /// Where and how the benchmark ran.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -45,7 +51,7 @@ pub struct Setup {
 pub struct Report {
     /// Machine and settings.
     pub setup: Setup,
-    /// Training runs (ours on each device, and PyTorch's under [`TORCH_DEVICE`]).
+    /// Training runs (ours on each device, and PyTorch's under a [`is_torch`] device name).
     pub train: Vec<TrainRun>,
     /// Inference comparisons.
     pub infer: Vec<InferRun>,
@@ -122,7 +128,8 @@ impl Report {
             let lora = find(&self.train, *arch, device, "lora");
             let burn = find(&self.train, *arch, device, "burn-lora");
             let weight = find(&self.train, *arch, device, "weight-lora");
-            let torch_lora = find(&self.train, *arch, TORCH_DEVICE, "lora");
+            let torch_lora = (self.train.iter())
+                .find(|r| r.arch == *arch && is_torch(&r.device) && r.mode == "lora");
             if let (Some(l), Some(f)) = (lora, full) {
                 push(
                     *arch,
@@ -201,7 +208,7 @@ impl Report {
                     None,
                 );
             }
-            if device != TORCH_DEVICE
+            if !is_torch(device)
                 && let (Some(l), Some(t)) = (lora, torch_lora)
             {
                 push(

@@ -217,6 +217,53 @@ fn train_then_eval_with_the_adapter() {
     assert!(err.contains("bad.jsonl") && err.contains('2'), "{err}");
 }
 
+/// `--gradient-checkpointing` and `--loss-chunk` change how a step is computed (issue 15): the
+/// run trains like the plain one; a zero chunk is one clear line.
+#[test]
+fn gradient_checkpointing_and_a_chunked_loss_train() {
+    let out = tempfile::tempdir().unwrap();
+    let out_s = out.path().to_str().unwrap();
+    let mut args = vec![
+        "train",
+        "--model",
+        "fixtures/gpt2/tiny-a",
+        "--tokenizer",
+        "fixtures/gpt2/tokenizer",
+        "--data",
+        "fixtures/train/lm.jsonl",
+        "--out",
+        out_s,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--lr",
+        "1e-2",
+        "--gradient-checkpointing",
+        "--loss-chunk",
+    ];
+    let mut zero = args.clone();
+    zero.push("0");
+    let o = gpt2(&zero);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--loss-chunk"), "{err}");
+    args.push("5");
+    let o = gpt2(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect();
+    assert!(losses.len() >= 2, "{metrics}");
+    assert!(losses.last() < losses.first(), "{losses:?}");
+}
+
 fn encoder(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_encoder-lora"))
         .args(args)
@@ -791,9 +838,30 @@ fn tiny_train_args(out: &std::path::Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// `kill -9` of a real `train` at 10 moments spread over the run. Saves are slowed
-/// (`LORA_BURN_SAVE_DELAY_MS`) so that kills land inside checkpoint and adapter writes, the
-/// final ones included. Every checkpoint and adapter left behind loads (an adapter caught
+/// Polls `out` until a save is under way (a `.tmp` entry), the child exits, or `limit` passes.
+#[cfg(unix)]
+fn wait_for_save(
+    out: &std::path::Path,
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit && matches!(child.try_wait(), Ok(None)) {
+        let saving = std::fs::read_dir(out)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
+        if saving {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// `kill -9` of a real `train` at 10 moments spread over the run (every other one as soon as
+/// the next save has begun). Saves are slowed (`LORA_BURN_SAVE_DELAY_MS`) so that kills land
+/// inside checkpoint and adapter writes, the final ones included. Every checkpoint and adapter left behind loads (an adapter caught
 /// between the two renames of its replacement is `adapter.old`, which the next run puts
 /// back), and `--resume` (or a fresh start when no checkpoint was complete) ends with an
 /// adapter bit-identical to an uninterrupted run's.
@@ -834,7 +902,12 @@ fn kill_9_at_any_moment_then_resume_ends_bit_identical() {
         let mut c = train(out.path(), &[]);
         let mut child = c.env("LORA_BURN_SAVE_DELAY_MS", "100").spawn().unwrap();
         std::thread::sleep(full.mul_f64((f64::from(trial) + 0.5) / 10.0));
-        child.kill().unwrap(); // SIGKILL
+        if trial % 2 == 1 {
+            // Every other trial waits for the next save to start, so kills land inside saves
+            // however fast the machine runs the steps between them.
+            wait_for_save(out.path(), &mut child, full);
+        }
+        child.kill().ok(); // SIGKILL (an error: the run already ended)
         child.wait().unwrap();
         let names: Vec<String> = std::fs::read_dir(out.path())
             .unwrap()

@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod bert;
+mod checkpoint;
 pub mod error;
 pub mod gpt2;
 pub mod hf;

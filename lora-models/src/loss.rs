@@ -16,6 +16,18 @@ pub const IGNORE_INDEX: i64 = -100;
 /// - `targets`: `[n]`, [`IGNORE_INDEX`] where ignored
 /// - output: `[1]` (NaN when every target is ignored, as in PyTorch)
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f64) -> Tensor<1> {
+    let valid = targets.clone().not_equal_elem(IGNORE_INDEX).float().sum();
+    cross_entropy_sum(logits, targets, smoothing) / valid
+}
+
+/// The sum of [`cross_entropy`]'s per-target losses (not divided by their count): what a loss
+/// computed in chunks adds up.
+///
+/// # Shapes
+/// - `logits`: `[n, vocab]`
+/// - `targets`: `[n]`, [`IGNORE_INDEX`] where ignored
+/// - output: `[1]`
+pub fn cross_entropy_sum(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f64) -> Tensor<1> {
     let [n, _] = logits.dims();
     let ignored = targets.clone().equal_elem(IGNORE_INDEX);
     let valid = ignored.clone().bool_not().float();
@@ -32,7 +44,7 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>, smoothing: f64)
     } else {
         lse - picked
     };
-    (per.reshape([n]) * valid.clone()).sum() / valid.sum()
+    (per.reshape([n]) * valid).sum()
 }
 
 /// Causal-LM loss: position `t` predicts token `t + 1`; labels equal to [`IGNORE_INDEX`] are

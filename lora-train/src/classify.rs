@@ -9,12 +9,15 @@
 
 use burn::prelude::*;
 use lora_core::LoraLayer;
-use lora_models::bert::{BertForSequenceClassification, RobertaForSequenceClassification};
+use lora_models::bert::{
+    BertForSequenceClassification, RobertaForSequenceClassification, checkpointed_step,
+};
 
 use crate::dataset::{BatchTargets, TextBatch};
 use crate::error::{Result, TrainError};
 use crate::model::{
-    EvalOutput, IdLimits, LossOutput, Predictions, TrainModel, class_loss, mse_loss,
+    EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, class_loss, mse_loss,
+    plain_grads,
 };
 
 /// The loss of a classification or regression head against the batch's targets: cross-entropy
@@ -106,6 +109,23 @@ macro_rules! impl_classifier {
                     Some(batch.token_type_ids.clone()),
                 )?;
                 Ok(LossOutput::new(head_loss(logits, batch)?, batch.len()))
+            }
+
+            /// [`train_step`](TrainModel::train_step) and its backward, or with the body's
+            /// `checkpoint_layers` set, the same gradients with activation checkpointing
+            /// ([`checkpointed_step`]).
+            fn train_grads(&self, batch: &TextBatch) -> Result<StepGrads> {
+                if !self.$body.checkpoint_layers {
+                    return plain_grads(self, batch);
+                }
+                let (loss, parts) = checkpointed_step(
+                    self,
+                    batch.input_ids.clone(),
+                    Some(batch.attention_mask.clone()),
+                    Some(batch.token_type_ids.clone()),
+                    |logits| head_loss(logits, batch),
+                )?;
+                Ok(StepGrads { loss, count: batch.len(), parts })
             }
 
             /// Loss and predictions (accuracy/F1/MCC, or Pearson/Spearman for regression).

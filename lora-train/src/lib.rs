@@ -86,7 +86,8 @@ pub use dataset::{
 pub use error::{Result, TrainError};
 pub use interop::{LearnerAdapter, StepLoss};
 pub use model::{
-    BatchSource, EvalOutput, IdLimits, LossOutput, Predictions, TrainModel, class_loss, mse_loss,
+    BatchSource, EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, class_loss,
+    mse_loss, plain_grads,
 };
 pub use optim::{AdamW, OptimizerConfig};
 pub use plot::plot_curves;

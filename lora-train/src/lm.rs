@@ -9,7 +9,9 @@ use lora_models::loss::causal_lm_loss;
 
 use crate::dataset::TextBatch;
 use crate::error::{Result, TrainError};
-use crate::model::{EvalOutput, IdLimits, LossOutput, Predictions, TrainModel};
+use crate::model::{
+    EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, plain_grads,
+};
 
 impl TrainModel for Gpt2LmHeadModel {
     type Batch = TextBatch;
@@ -39,6 +41,24 @@ impl TrainModel for Gpt2LmHeadModel {
             causal_lm_loss(logits, labels, self.label_smoothing),
             batch.num_targets,
         ))
+    }
+
+    /// [`train_step`](TrainModel::train_step) and its backward, or, with the model's
+    /// [`memory`](Gpt2LmHeadModel::memory) options set, the same gradients computed in segments
+    /// ([`Gpt2LmHeadModel::loss_and_grads`]).
+    fn train_grads(&self, batch: &TextBatch) -> Result<StepGrads> {
+        if self.memory.is_plain() {
+            return plain_grads(self, batch);
+        }
+        let labels = batch.token_labels()?;
+        let (ids, mask) = (batch.input_ids.clone(), batch.attention_mask.clone());
+        let step =
+            self.loss_and_grads(ids, Some(mask), labels, self.label_smoothing, self.memory)?;
+        Ok(StepGrads {
+            loss: step.loss,
+            count: step.count,
+            parts: step.parts,
+        })
     }
 
     /// The plain cross-entropy (no dropout, no label smoothing); perplexity is derived from it.

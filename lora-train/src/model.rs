@@ -5,6 +5,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::prelude::*;
+use burn::tensor::Gradients;
 use lora_core::LoraConfig;
 use lora_core::weight::PathMap;
 
@@ -70,6 +71,16 @@ pub trait TrainModel: Module {
     /// gradient accumulation gives exactly the gradient of the whole batch.
     fn train_step(&self, batch: &Self::Batch) -> Result<LossOutput>;
 
+    /// The training step's loss and gradients. The default runs [`train_step`](Self::train_step)
+    /// and one backward; a model that computes its gradients in segments (activation
+    /// checkpointing, a chunked loss) overrides it.
+    fn train_grads(&self, batch: &Self::Batch) -> Result<StepGrads>
+    where
+        Self: Sized,
+    {
+        plain_grads(self, batch)
+    }
+
     /// Evaluation forward pass, on the model's `valid()` copy (no autodiff, no dropout):
     /// the mean loss, its count, and what the metrics need.
     fn eval_step(&self, batch: &Self::Batch) -> Result<EvalOutput>;
@@ -111,6 +122,29 @@ impl LossOutput {
     pub fn new(loss: Tensor<1>, count: usize) -> Self {
         Self { loss, count }
     }
+}
+
+/// [`TrainModel::train_step`] and one backward: the default
+/// [`train_grads`](TrainModel::train_grads).
+pub fn plain_grads<M: TrainModel>(model: &M, batch: &M::Batch) -> Result<StepGrads> {
+    let output = model.train_step(batch)?;
+    let grads = output.loss.backward();
+    Ok(StepGrads {
+        loss: output.loss.detach(),
+        count: output.count,
+        parts: vec![grads],
+    })
+}
+
+/// The loss and gradients of one training step (see [`TrainModel::train_grads`]).
+pub struct StepGrads {
+    /// Mean loss `[1]`, detached.
+    pub loss: Tensor<1>,
+    /// How many items the mean is over. Must be > 0.
+    pub count: usize,
+    /// The gradients of the mean loss, one `Gradients` per backward pass; a parameter's
+    /// gradient is the sum over the parts it appears in.
+    pub parts: Vec<Gradients>,
 }
 
 /// The result of one evaluation step.

@@ -330,9 +330,15 @@ impl GradAccumulator {
     /// Takes the gradients of `model`'s trainable parameters out of `grads` (the result of a
     /// micro-batch's `loss.backward()`) and adds them with weight `count`.
     pub fn add<M: Module>(&mut self, model: &M, grads: Gradients, count: usize) {
+        self.add_parts(model, vec![grads], count);
+    }
+
+    /// [`add`](Self::add) for a micro-batch whose gradients come in parts (one per backward
+    /// pass of a segmented step): each parameter's parts are summed first.
+    pub fn add_parts<M: Module>(&mut self, model: &M, parts: Vec<Gradients>, count: usize) {
         struct V<'a> {
             walk: Walk,
-            grads: Gradients,
+            parts: Vec<Gradients>,
             sums: &'a mut BTreeMap<String, Tensor<1>>,
             /// `None` for the first micro-batch (stored unweighted).
             weight: Option<f64>,
@@ -348,7 +354,9 @@ impl GradAccumulator {
                 if !param.is_require_grad() {
                     return;
                 }
-                let Some(g) = param.val().grad_remove(&mut self.grads) else {
+                let value = param.val();
+                let found = (self.parts.iter_mut()).filter_map(|g| value.grad_remove(g));
+                let Some(g) = found.reduce(|a, b| a + b) else {
                     return;
                 };
                 let n: usize = g.dims().iter().product();
@@ -377,7 +385,7 @@ impl GradAccumulator {
         }
         let mut v = V {
             walk: Walk::default(),
-            grads,
+            parts,
             sums: &mut self.sums,
             weight: (self.micro > 0).then_some(count as f64),
         };

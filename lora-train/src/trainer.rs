@@ -545,7 +545,7 @@ impl Trainer {
                 for (micro, indices) in group.iter().enumerate() {
                     let batch = train.batch(indices, &train_device)?;
                     train_device.seed(derive_seed(c.seed, &[step_index as u64, micro as u64]));
-                    let output = model.train_step(&batch)?;
+                    let output = model.train_grads(&batch)?;
                     if output.count == 0 {
                         return Err(TrainError::Step(
                             "train_step returned a loss over 0 items".into(),
@@ -561,7 +561,7 @@ impl Trainer {
                             &mut log,
                         ));
                     }
-                    acc.add(&model, output.loss.backward(), output.count);
+                    acc.add_parts(&model, output.parts, output.count);
                     loss_sum += value * output.count as f64;
                     count_sum += output.count;
                     samples += indices.len() as u64;

@@ -24,8 +24,8 @@ use lora_examples::{
 };
 use lora_models::TextTokenizer;
 use lora_models::bert::{
-    BertConfig, BertForSequenceClassification, EncoderCheckpoint, EncoderTokenizer, LoadOptions,
-    RobertaForSequenceClassification, inject_encoder_lora,
+    BertConfig, BertForSequenceClassification, EncoderCheckpoint, EncoderClassifier,
+    EncoderTokenizer, LoadOptions, RobertaForSequenceClassification, inject_encoder_lora,
 };
 use lora_train::{
     Columns, DataConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, Task, TextDataset,
@@ -146,6 +146,10 @@ struct TrainArgs {
     /// Validation data; default: 10% of --data held out.
     #[arg(long)]
     valid: Option<PathBuf>,
+    /// Activation checkpointing per layer: keep only each layer's input and run the layer again
+    /// in backward (less memory, about one more forward per step).
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Peak learning rate.
     #[arg(long, default_value_t = 5e-4)]
     lr: f64,
@@ -349,7 +353,7 @@ struct Sets {
 
 fn train_with<M>(a: &TrainArgs, dir: &Path, device: Device, sets: Sets) -> Result<()>
 where
-    M: EncoderCheckpoint + TrainModel<Batch = lora_train::TextBatch>,
+    M: EncoderCheckpoint + EncoderClassifier + TrainModel<Batch = lora_train::TextBatch>,
 {
     let Sets {
         train,
@@ -360,7 +364,8 @@ where
     device.seed(a.run.seed); // head and adapter initialisation
     let model: M = load(dir, &device, Some(labels))?;
     let base = Some(a.model.base_model_name_or_path());
-    let (model, lora) = inject_encoder_lora(model, &a.lora.config(base), "default")?;
+    let (mut model, lora) = inject_encoder_lora(model, &a.lora.config(base), "default")?;
+    model.body_mut().checkpoint_layers = a.gradient_checkpointing;
     eprintln!("{}", ParamReport::new(&model, &lora).summary());
     // run.json records the adapter config as saved (task type and base model filled in).
     let mut run = run;

@@ -20,7 +20,9 @@ use lora_examples::{
     print_json, stop_on_ctrl_c, train_error,
 };
 use lora_models::TextTokenizer;
-use lora_models::gpt2::{CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, inject_gpt2_lora};
+use lora_models::gpt2::{
+    CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, MemoryOptions, inject_gpt2_lora,
+};
 use lora_train::{
     Columns, DataConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, Trainer, TrainerConfig,
     Warmup, load_text_datasets,
@@ -198,6 +200,14 @@ struct TrainArgs {
     /// Label smoothing of the training loss (the paper's E2E setup: 0.1).
     #[arg(long, default_value_t = 0.1)]
     label_smoothing: f64,
+    /// Activation checkpointing per block: keep only each block's input and run the block
+    /// again in backward (less memory, about one more forward per step).
+    #[arg(long)]
+    gradient_checkpointing: bool,
+    /// Compute the LM head and loss this many target tokens at a time (forward and backward
+    /// per chunk), so the [tokens, 50257] logits never exist whole.
+    #[arg(long, value_name = "TOKENS")]
+    loss_chunk: Option<usize>,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
@@ -372,7 +382,15 @@ fn train(mut a: TrainArgs) -> Result<()> {
         )));
     }
     let (model, lora) = inject_gpt2_lora(model, &lora, "default", mode(a.mode))?;
-    let model = model.with_label_smoothing(a.label_smoothing);
+    if a.loss_chunk == Some(0) {
+        return Err(CliError::Message("--loss-chunk must be at least 1".into()));
+    }
+    let model = model
+        .with_label_smoothing(a.label_smoothing)
+        .with_memory(MemoryOptions {
+            checkpoint_blocks: a.gradient_checkpointing,
+            loss_chunk: a.loss_chunk,
+        });
     eprintln!("{}", ParamReport::new(&model, &lora).summary());
     let config = TrainerConfig {
         output_dir: a.run.out.clone(),

@@ -33,6 +33,7 @@ mod loader;
 mod lora;
 mod model;
 mod pooling;
+mod segmented;
 mod task;
 
 pub use batch::{EncoderBatch, EncoderTokenizer, PaddingSide};
@@ -46,4 +47,5 @@ pub use model::{
     first_token, hf_param_path,
 };
 pub use pooling::{SentenceEncoder, cosine_similarity, l2_normalize, mean_pooling};
+pub use segmented::{EncoderClassifier, checkpointed_step};
 pub use task::{ClassificationTargets, sequence_classification_loss};

@@ -316,6 +316,10 @@ pub struct BertModel {
     /// Longest input the position table allows.
     #[module(skip)]
     pub max_tokens: usize,
+    /// Activation checkpointing per layer in the classifiers' training step (see
+    /// [`checkpointed_step`](super::checkpointed_step)); off by default, ignored by `forward`.
+    #[module(skip)]
+    pub checkpoint_layers: bool,
 }
 
 top_level_sites!(BertModel {
@@ -377,6 +381,7 @@ impl BertModel {
                 dense: hf_linear(d, d, std, device),
             }),
             max_tokens: config.max_tokens(),
+            checkpoint_layers: false,
         }
     }
 
@@ -397,6 +402,25 @@ impl BertModel {
         attention_mask: Option<Tensor<2, Int>>,
         token_type_ids: Option<Tensor<2, Int>>,
     ) -> Result<Tensor<3>> {
+        let (types, mask) = self.inputs(&input_ids, attention_mask, token_type_ids)?;
+        let mut x = self.embeddings.forward(input_ids, types);
+        for layer in &self.encoder.layer {
+            x = layer.forward(x, mask.clone());
+        }
+        Ok(x)
+    }
+
+    /// Checks a forward's inputs and returns the token types and the 4-D padding mask.
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`
+    /// - output: types `[batch, seq]`, mask `[batch, 1, 1, seq]` (`true` = padding)
+    pub fn inputs(
+        &self,
+        input_ids: &Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+        token_type_ids: Option<Tensor<2, Int>>,
+    ) -> Result<(Tensor<2, Int>, Tensor<4, Bool>)> {
         let [b, t] = input_ids.dims();
         if b == 0 || t == 0 {
             return Err(ModelError::InvalidInput("empty batch or sequence".into()));
@@ -426,11 +450,7 @@ impl BertModel {
             Some(m) => m.equal_elem(0).reshape([b, 1, 1, t]),
             None => Tensor::<4, Int>::zeros([b, 1, 1, t], &device).equal_elem(1),
         };
-        let mut x = self.embeddings.forward(input_ids, types);
-        for layer in &self.encoder.layer {
-            x = layer.forward(x, mask.clone());
-        }
-        Ok(x)
+        Ok((types, mask))
     }
 
     /// The pooler's output for a last hidden state, if the model has a pooler.

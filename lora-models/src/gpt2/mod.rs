@@ -20,6 +20,7 @@ mod generate;
 mod loader;
 mod lora;
 mod model;
+mod segmented;
 
 pub use config::{Activation, Gpt2Config};
 pub use generate::{Decoding, Generation, GenerationConfig};
@@ -29,3 +30,4 @@ pub use model::{
     Gpt2Attention, Gpt2Block, Gpt2LmHeadModel, Gpt2Mlp, Gpt2Model, KvCache, LayerCache,
     attention_mask_4d,
 };
+pub use segmented::{MemoryOptions, SegmentedStep};

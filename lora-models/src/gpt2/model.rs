@@ -204,6 +204,10 @@ pub struct Gpt2LmHeadModel {
     /// A training setting kept with the model, like its dropout rates; evaluation ignores it.
     #[module(skip)]
     pub label_smoothing: f64,
+    /// How the training step trades compute for memory (activation checkpointing, a chunked
+    /// loss; see [`MemoryOptions`](super::MemoryOptions)). Off by default; inference ignores it.
+    #[module(skip)]
+    pub memory: super::MemoryOptions,
 }
 
 lora_sites!(Gpt2LmHeadModel { transformer });
@@ -257,6 +261,7 @@ impl Gpt2Config {
             .collect();
         Gpt2LmHeadModel {
             label_smoothing: 0.0,
+            memory: super::MemoryOptions::default(),
             transformer: Gpt2Model {
                 wte: LoraEmbedding::from_embedding(embedding(self.vocab_size)),
                 wpe: embedding(self.n_positions),
@@ -310,9 +315,50 @@ impl Gpt2Model {
         position_ids: Option<Tensor<2, Int>>,
         cache: Option<KvCache>,
     ) -> Result<(Tensor<3>, KvCache)> {
+        let past = cache.as_ref().map_or(0, KvCache::len);
+        let cached_batch = cache.as_ref().and_then(KvCache::batch);
+        let (positions, mask) = self.inputs(
+            &ids,
+            attention_mask.as_ref(),
+            position_ids,
+            past,
+            cached_batch,
+        )?;
+        let mut x = self.embed(ids, positions);
+        let mut old = cache.map(|c| c.layers).unwrap_or_default().into_iter();
+        let mut layers = Vec::with_capacity(self.h.len());
+        for block in &self.h {
+            let (y, c) = block.forward(x, mask.clone(), old.next());
+            x = y;
+            layers.push(c);
+        }
+        Ok((self.ln_f.forward(x), KvCache { layers }))
+    }
+
+    /// Token plus position embeddings, after dropout.
+    ///
+    /// # Shapes
+    /// - `ids`, `positions`: `[batch, new]` → `[batch, new, n_embd]`
+    pub fn embed(&self, ids: Tensor<2, Int>, positions: Tensor<2, Int>) -> Tensor<3> {
+        self.drop
+            .forward(self.wte.forward(ids) + self.wpe.forward(positions))
+    }
+
+    /// Checks a forward's inputs and returns the position ids and the 4-D attention mask.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, new]`, `attention_mask`: `[batch, past + new]`
+    /// - output: positions `[batch, new]`, mask `[batch, 1, new, past + new]`
+    pub fn inputs(
+        &self,
+        ids: &Tensor<2, Int>,
+        attention_mask: Option<&Tensor<2, Int>>,
+        position_ids: Option<Tensor<2, Int>>,
+        past: usize,
+        cached_batch: Option<usize>,
+    ) -> Result<(Tensor<2, Int>, Tensor<4, Bool>)> {
         let [b, t] = ids.dims();
         let device = ids.device();
-        let past = cache.as_ref().map_or(0, KvCache::len);
         if past + t > self.n_positions {
             return Err(ModelError::SequenceTooLong {
                 len: past + t,
@@ -322,7 +368,7 @@ impl Gpt2Model {
         if t == 0 || b == 0 {
             return Err(ModelError::InvalidInput("empty batch or sequence".into()));
         }
-        if let Some(m) = &attention_mask
+        if let Some(m) = attention_mask
             && m.dims() != [b, past + t]
         {
             return Err(ModelError::InvalidInput(format!(
@@ -331,7 +377,7 @@ impl Gpt2Model {
                 past + t
             )));
         }
-        if let Some(cb) = cache.as_ref().and_then(KvCache::batch)
+        if let Some(cb) = cached_batch
             && cb != b
         {
             return Err(ModelError::InvalidInput(format!(
@@ -347,18 +393,8 @@ impl Gpt2Model {
                 .reshape([1, t])
                 .expand([b, t]),
         };
-        let mask = attention_mask_4d(attention_mask.as_ref(), b, t, past, &device);
-        let mut x = self
-            .drop
-            .forward(self.wte.forward(ids) + self.wpe.forward(positions));
-        let mut old = cache.map(|c| c.layers).unwrap_or_default().into_iter();
-        let mut layers = Vec::with_capacity(self.h.len());
-        for block in &self.h {
-            let (y, c) = block.forward(x, mask.clone(), old.next());
-            x = y;
-            layers.push(c);
-        }
-        Ok((self.ln_f.forward(x), KvCache { layers }))
+        let mask = attention_mask_4d(attention_mask, b, t, past, &device);
+        Ok((positions, mask))
     }
 }
 
@@ -366,6 +402,12 @@ impl Gpt2LmHeadModel {
     /// Sets the label smoothing of the training loss (see [`label_smoothing`](Self::label_smoothing)).
     pub fn with_label_smoothing(mut self, epsilon: f64) -> Self {
         self.label_smoothing = epsilon;
+        self
+    }
+
+    /// Sets how the training step trades compute for memory (see [`memory`](Self::memory)).
+    pub fn with_memory(mut self, options: super::MemoryOptions) -> Self {
+        self.memory = options;
         self
     }
 

@@ -1002,3 +1002,72 @@ fn unread_encoder_tensors_are_refused_by_name() {
     with_extra("roberta.pooler.dense.weight").unwrap();
     with_extra("lm_head.dense.weight").unwrap();
 }
+
+/// Activation checkpointing per layer in the classifiers' step (issue 15): the same loss and
+/// gradients (≤ 1e-5) as one forward and one backward, LoRA factors and the classifier's
+/// `modules_to_save` copy included, on RoBERTa and on BERT (pooler), with padding.
+#[test]
+fn checkpointed_classifier_steps_give_the_plain_gradients() {
+    let device = Device::flex().autodiff();
+    let config = |dir: &str| {
+        let mut c = BertConfig::load(enc(dir).join("config.json")).unwrap();
+        c.hidden_dropout_prob = 0.0;
+        c.attention_probs_dropout_prob = 0.0;
+        c.classifier_dropout = Some(0.0);
+        c
+    };
+    let roberta = RobertaForSequenceClassification::new(&config("roberta-a"), &device);
+    check_checkpointed(roberta, &device);
+    let bert = BertForSequenceClassification::new(&config("bert-b"), &device);
+    check_checkpointed(bert, &device);
+}
+
+fn check_checkpointed<M>(model: M, device: &Device)
+where
+    M: EncoderCheckpoint + lora_models::bert::EncoderClassifier,
+{
+    let lora = LoraConfig::new(4, 8.0, &["query", "value"]).with_init(InitLoraWeights::Random);
+    let (model, _) = inject_encoder_lora(model, &lora, "default").unwrap();
+    let ids = Tensor::<2, Int>::from_data([[0, 35, 99, 7, 2], [0, 12, 2, 1, 1]], device);
+    let mask = Tensor::<2, Int>::from_data([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], device);
+    // Cross-entropy for a classifier, MSE for a one-label (regression) head like bert-b's.
+    let loss_of = |logits: Tensor<2>| match logits.dims()[1] {
+        1 => lora_train::mse_loss(logits.reshape([2]), Tensor::from_data([0.5, -1.0], device)),
+        n => lora_train::class_loss(logits, Tensor::from_data([n as i64 - 1, 0], device)),
+    };
+    let grads = |parts| {
+        let mut acc = lora_train::optim::GradAccumulator::new();
+        acc.add_parts(&model, parts, 1);
+        let out: std::collections::BTreeMap<String, HostTensor> = acc
+            .finish()
+            .into_iter()
+            .map(|(k, v)| (k, host(v)))
+            .collect();
+        out
+    };
+    let hidden = model
+        .body()
+        .forward(ids.clone(), Some(mask.clone()), None)
+        .unwrap();
+    let loss = loss_of(model.head(hidden).unwrap());
+    let want = grads(vec![loss.backward()]);
+    assert!(
+        want.keys().any(|k| k.contains("modules_to_save")),
+        "{:?}",
+        want.keys()
+    );
+    let (got_loss, parts) =
+        lora_models::bert::checkpointed_step(&model, ids, Some(mask), None, |l| {
+            Ok::<_, ModelError>(loss_of(l))
+        })
+        .unwrap();
+    assert_close("checkpointed loss", &host(got_loss), &host(loss), 1e-5);
+    let got = grads(parts);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (path, g) in &want {
+        assert_close(path, &got[path], g, 1e-5);
+    }
+}

@@ -743,3 +743,93 @@ fn unread_checkpoint_contents_are_refused_by_name() {
     assert!(e.contains("h.0.crossattention.c_attn.weight"), "{e}");
     load(&extra("score.weight")).unwrap();
 }
+
+/// tiny-a without dropout, so a plain and a segmented step see the same function.
+fn tiny_a_without_dropout(device: &Device) -> Gpt2LmHeadModel {
+    let mut model = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), device)
+        .unwrap()
+        .0;
+    model.transformer.drop.prob = 0.0;
+    for block in &mut model.transformer.h {
+        block.attn.attn_dropout.prob = 0.0;
+        block.attn.resid_dropout.prob = 0.0;
+        block.mlp.dropout.prob = 0.0;
+    }
+    model
+}
+
+/// Every trainable gradient of a step, by parameter path.
+fn step_grads(
+    model: &Gpt2LmHeadModel,
+    parts: Vec<burn::tensor::Gradients>,
+) -> std::collections::BTreeMap<String, HostTensor> {
+    let mut acc = lora_train::optim::GradAccumulator::new();
+    acc.add_parts(model, parts, 1);
+    acc.finish()
+        .into_iter()
+        .map(|(k, v)| (k, host(v)))
+        .collect()
+}
+
+/// Activation checkpointing and the chunked loss (issue 15) change how a step is computed, not
+/// what: the same loss and gradients (≤ 1e-5) as one forward and one backward, for LoRA
+/// factors and for full fine-tuning (where the tied `wte` gets its gradient from the lookup
+/// and the head, split across segments), with padding and label smoothing.
+#[test]
+fn checkpointing_and_a_chunked_loss_give_the_plain_gradients() {
+    use lora_models::gpt2::MemoryOptions;
+    let device = Device::flex().autodiff();
+    let ids = Tensor::<2, Int>::from_data(
+        [[5, 17, 300, 42, 9, 1000, 7, 8], [11, 2, 3, 4, 5, 0, 0, 0]],
+        &device,
+    );
+    let mask = Tensor::<2, Int>::from_data(
+        [[1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0, 0]],
+        &device,
+    );
+    let labels = labels_from_mask(ids.clone(), mask.clone());
+    let lora = LoraConfig::new(4, 8.0, &["c_attn", "c_fc"]).with_init(InitLoraWeights::Random);
+    for full in [false, true] {
+        let base = tiny_a_without_dropout(&device);
+        let model = match full {
+            true => base,
+            false => {
+                inject_gpt2_lora(base, &lora, "default", CAttnMode::Fused)
+                    .unwrap()
+                    .0
+            }
+        };
+        let logits = model.forward(ids.clone(), Some(mask.clone())).unwrap();
+        let loss = causal_lm_loss(logits, labels.clone(), 0.1);
+        let want = step_grads(&model, vec![loss.backward()]);
+        assert!(want.contains_key("transformer.wte.weight") == full);
+        let options = [(false, Some(5)), (true, None), (true, Some(3))];
+        for (checkpoint_blocks, loss_chunk) in options {
+            let options = MemoryOptions {
+                checkpoint_blocks,
+                loss_chunk,
+            };
+            let step = model
+                .loss_and_grads(
+                    ids.clone(),
+                    Some(mask.clone()),
+                    labels.clone(),
+                    0.1,
+                    options,
+                )
+                .unwrap();
+            assert_eq!(step.count, 7 + 4);
+            let what = format!("full {full}, {options:?}");
+            crate::common::assert_close(&what, &host(step.loss), &host(loss.clone()), 1e-5);
+            let got = step_grads(&model, step.parts);
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "{what}"
+            );
+            for (path, g) in &want {
+                crate::common::assert_close(&format!("{what}: {path}"), &got[path], g, 1e-5);
+            }
+        }
+    }
+}
