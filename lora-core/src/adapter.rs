@@ -432,38 +432,24 @@ fn collect_values<M: Module>(
 }
 
 /// Reads the stored values of the parameters at the given burn paths (a reparameterized
-/// parameter gives its base).
+/// parameter gives its base), in path order.
 pub(crate) fn read_values<M: Module>(
     model: &M,
     wanted: &std::collections::BTreeSet<String>,
 ) -> Result<Vec<(String, HostTensor)>> {
-    struct V<'a> {
-        walk: PathWalk,
-        wanted: &'a std::collections::BTreeSet<String>,
-        out: Vec<Result<(String, HostTensor)>>,
-    }
-    impl burn::module::ModuleVisitor for V<'_> {
-        fn enter_module(&mut self, name: &str, kind: &str) {
-            self.walk.enter(name, kind);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.walk.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let path = self.walk.path.join(".");
-            if self.wanted.contains(&path) {
-                let v = HostTensor::from_tensor(param.val(), &path);
-                self.out.push(v.map(|v| (path, v)));
-            }
-        }
-    }
-    let mut v = V {
-        walk: PathWalk::default(),
-        wanted,
-        out: Vec::new(),
-    };
-    model.visit(&mut v);
-    v.out.into_iter().collect()
+    let values = crate::model::stored_values(model, wanted).into_iter();
+    values
+        .map(|(path, (v, shape))| {
+            let flat = HostTensor::from_tensor(v, &path)?;
+            Ok((
+                path,
+                HostTensor {
+                    shape,
+                    data: flat.data,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Replaces the values of the parameters at the given burn paths (ids and trainability kept).

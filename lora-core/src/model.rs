@@ -1,7 +1,7 @@
 //! Model-level operations: inject adapters by target rules, decide what trains, merge,
 //! switch and delete adapters across every site.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
@@ -375,6 +375,44 @@ pub fn stable_id(path: &str) -> ParamId {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     ParamId::from(h)
+}
+
+/// The stored values of the parameters at the given burn paths, flattened, with their shapes.
+/// The visitor hands out each parameter without its reparameterization, so an adapted or saved
+/// parameter gives its base (the original).
+pub(crate) fn stored_values<M: Module>(
+    model: &M,
+    paths: &BTreeSet<String>,
+) -> BTreeMap<String, (Tensor<1>, Vec<usize>)> {
+    struct V<'a> {
+        walk: PathWalk,
+        paths: &'a BTreeSet<String>,
+        out: BTreeMap<String, (Tensor<1>, Vec<usize>)>,
+    }
+    impl ModuleVisitor for V<'_> {
+        fn enter_module(&mut self, name: &str, kind: &str) {
+            self.walk.enter(name, kind);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.walk.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let path = self.walk.path.join(".");
+            if self.paths.contains(&path) && !self.out.contains_key(&path) {
+                let v = param.val();
+                let shape = v.dims().to_vec();
+                let n: usize = shape.iter().product();
+                self.out.insert(path, (v.reshape([n]), shape));
+            }
+        }
+    }
+    let mut v = V {
+        walk: PathWalk::default(),
+        paths,
+        out: BTreeMap::new(),
+    };
+    model.visit(&mut v);
+    v.out
 }
 
 /// Tracks the dotted path and whether traversal is inside an adapter.

@@ -271,9 +271,9 @@ pub(crate) fn with_new_copies<M: Module>(
 ) -> Result<BTreeMap<String, SavedCopies>> {
     let mut sets = scan_copies(model);
     let wanted: BTreeSet<String> = params.iter().map(|p| p.burn_path.clone()).collect();
-    let values = flat_values(model, &wanted);
+    let values = crate::model::stored_values(model, &wanted);
     for p in params {
-        let value = values
+        let (value, _) = values
             .get(&p.burn_path)
             .cloned()
             .ok_or_else(|| LoraError::Device(format!("no value for {}", p.burn_path)))?;
@@ -297,43 +297,10 @@ pub(crate) fn with_new_copies<M: Module>(
             set.active = Some(0);
         }
         set.names.push(name.to_string());
-        set.copies.push(Param::from_tensor(value));
+        // Detached: the copy must be a leaf to train.
+        set.copies.push(Param::from_tensor(value.detach()));
     }
     Ok(sets)
-}
-
-/// The stored values of the named parameters, flattened and detached (a reparameterized
-/// parameter gives its base: the original, for a saved one).
-fn flat_values<M: Module>(model: &M, paths: &BTreeSet<String>) -> HashMap<String, Tensor<1>> {
-    struct V<'a> {
-        walk: PathWalk,
-        paths: &'a BTreeSet<String>,
-        out: HashMap<String, Tensor<1>>,
-    }
-    impl ModuleVisitor for V<'_> {
-        fn enter_module(&mut self, name: &str, kind: &str) {
-            self.walk.enter(name, kind);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.walk.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let path = self.walk.path.join(".");
-            if self.paths.contains(&path) && !self.out.contains_key(&path) {
-                let v = param.val();
-                let n = v.shape().num_elements();
-                // Detached last: the copy must be a leaf to train.
-                self.out.insert(path, v.reshape([n]).detach());
-            }
-        }
-    }
-    let mut v = V {
-        walk: PathWalk::default(),
-        paths,
-        out: HashMap::new(),
-    };
-    model.visit(&mut v);
-    v.out
 }
 
 /// PEFT's `set_adapter` on every set: the one adapter of `names` that has a copy here is used,

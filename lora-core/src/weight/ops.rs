@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 
 use crate::config::{AdapterSpec, LoraConfig, TargetModules};
 use crate::error::{LoraError, Result};
 use crate::layer::{init_embedding_factors, init_linear_factors};
-use crate::model::{PathWalk, TrainPolicy, one_bias_adapter};
+use crate::model::{TrainPolicy, one_bias_adapter};
 use crate::report::ParamReport;
 use crate::saved::{self, SavedParam};
 
@@ -321,39 +321,16 @@ pub(crate) fn base_values<M: Module>(
     model: &M,
     paths: &BTreeSet<String>,
 ) -> HashMap<String, Tensor<3>> {
-    struct V<'a> {
-        walk: PathWalk,
-        paths: &'a BTreeSet<String>,
-        out: HashMap<String, Tensor<3>>,
-    }
-    impl ModuleVisitor for V<'_> {
-        fn enter_module(&mut self, name: &str, kind: &str) {
-            self.walk.enter(name, kind);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.walk.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let path = self.walk.path.join(".");
-            if self.paths.contains(&path) && !self.out.contains_key(&path) {
-                // The visitor hands out the stored base (without reparameterization).
-                let v = param.val().detach();
-                let d = v.dims();
-                let v3: Tensor<3> = match D {
-                    2 => v.reshape([1, d[0], d[1]]),
-                    _ => v.reshape([d[0], d[1], d[2]]),
-                };
-                self.out.insert(path, v3);
-            }
-        }
-    }
-    let mut v = V {
-        walk: PathWalk::default(),
-        paths,
-        out: HashMap::new(),
-    };
-    model.visit(&mut v);
-    v.out
+    let values = crate::model::stored_values(model, paths).into_iter();
+    values
+        .map(|(path, (v, s))| {
+            let v3 = match s.as_slice() {
+                [a, b] => v.reshape([1, *a, *b]),
+                _ => v.reshape([s[0], s[1], s[2]]),
+            };
+            (path, v3.detach())
+        })
+        .collect()
 }
 
 /// Names of the weight adapters on the model, in first-seen order.
