@@ -712,7 +712,7 @@ pub struct ParamInfo {
     pub saved: Option<SavedRole>,
 }
 
-/// A parameter's part in `modules_to_save` (see [`saved`](crate::saved)).
+/// A parameter's part in `modules_to_save` (see [`crate::saved`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SavedRole {
     /// The original value: frozen, in use while no adapter with a copy is.
