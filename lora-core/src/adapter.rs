@@ -5,7 +5,7 @@
 //! `.lora_embedding_B` `[dim, r]` for embeddings, and full parameters of `modules_to_save` and
 //! trained biases under `base_model.model.<hf param path>` in PyTorch layout.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, Param};
@@ -19,7 +19,8 @@ use crate::io::{
 use crate::layer::Factors;
 use crate::linear::replace;
 use crate::model::{
-    ParamInfo, PathWalk, SavedRole, TrainPolicy, inject_adapter, select_targets, visit_params,
+    ParamInfo, PathWalk, RowBlock, SavedRole, TrainPolicy, inject_adapter, select_targets,
+    visit_params,
 };
 use crate::sites::LoraSites;
 
@@ -502,8 +503,22 @@ pub fn load_state_dict<M: Module + LoraSites>(
 ) -> Result<(M, StateDictReport)> {
     let mut report = StateDictReport::default();
     let mut values = HashMap::new();
+    let mut split_tables = BTreeSet::new();
     for info in visit_params(&model) {
         if info.adapter_site.is_some() || is_copy(&info) {
+            continue;
+        }
+        if let Some(rows) = info.rows {
+            // One block of a table split to fit the device: its rows of the whole tensor.
+            let Some(table) = state.get(&info.hf_path) else {
+                if split_tables.insert(info.hf_path.clone()) {
+                    report.missing.push(info.hf_path.clone());
+                }
+                continue;
+            };
+            split_tables.insert(info.hf_path.clone());
+            let value = table_rows(&info, rows, table)?;
+            values.insert(info.burn_path.clone(), value);
             continue;
         }
         let Some(value) = state.remove(&info.hf_path) else {
@@ -517,6 +532,9 @@ pub fn load_state_dict<M: Module + LoraSites>(
         };
         expect_shape(&info.hf_path, &value, &info.shape)?;
         values.insert(info.burn_path.clone(), value);
+    }
+    for table in &split_tables {
+        state.remove(table);
     }
     report.unused = state.into_keys().collect();
     report.unused.sort();
@@ -568,10 +586,42 @@ pub fn export_state_dict<M: Module + LoraSites>(
         } else {
             value
         };
-        out.push((info.hf_path.clone(), value));
+        let start = info.rows.map_or(0, |r| r.start);
+        out.push(((info.hf_path.clone(), start), value));
     }
+    // Row blocks of a split table in row order, then joined.
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok(join_row_blocks(
+        out.into_iter().map(|((key, _), v)| (key, v)).collect(),
+    ))
+}
+
+/// The rows of `table` (a whole state-dict tensor) that the row block `info` holds, after
+/// checking the table's shape against the model's.
+fn table_rows(info: &ParamInfo, rows: RowBlock, table: &HostTensor) -> Result<HostTensor> {
+    let dim = info.shape[1];
+    expect_shape(&info.hf_path, table, &[rows.table_rows, dim])?;
+    let n = info.shape[0];
+    Ok(HostTensor {
+        shape: info.shape.clone(),
+        data: table.data[rows.start * dim..(rows.start + n) * dim].to_vec(),
+    })
+}
+
+/// Joins the row blocks of split tables (consecutive entries with one `hf_path`, in row order)
+/// into the whole tensor a state dict holds.
+fn join_row_blocks(entries: Vec<(String, HostTensor)>) -> Vec<(String, HostTensor)> {
+    let mut out: Vec<(String, HostTensor)> = Vec::with_capacity(entries.len());
+    for (key, value) in entries {
+        match out.last_mut() {
+            Some((last, table)) if *last == key && table.shape.len() == 2 => {
+                table.shape[0] += value.shape[0];
+                table.data.extend(value.data);
+            }
+            _ => out.push((key, value)),
+        }
+    }
+    out
 }
 
 /// Writes tensors as a safetensors file (metadata `{"format": "pt"}`), atomically.

@@ -87,6 +87,43 @@ fn probe_pinned(device: Device) -> Result<Device> {
     Ok(device)
 }
 
+/// The largest tensor, in bytes, that `device` can hand to one kernel, or `None` where no limit
+/// applies (the CPU backends). On wgpu this is the adapter's storage-buffer binding limit
+/// (capped by its buffer-size limit): 128 MiB on Mesa's lavapipe and WebGPU's defaults, so a
+/// 50257 × 768 f32 table (147 MiB) must be split across buffers there. Opens the device.
+pub fn max_tensor_bytes(device: &Device) -> Option<u64> {
+    #[cfg(feature = "wgpu")]
+    {
+        use burn::backend::DispatchDevice;
+        // Autodiff wraps the device that owns the buffers.
+        let inner = device.clone().inner();
+        if let DispatchDevice::Cube(cube) = inner.as_dispatch() {
+            return Some(cube.client().properties().memory.max_page_size);
+        }
+    }
+    let _ = device;
+    None
+}
+
+/// Errors with [`LoraError::TooLarge`] when an f32 tensor of `shape` would exceed `device`'s
+/// per-tensor limit ([`max_tensor_bytes`]); `tensor` names it and `hint` says what to change.
+pub fn check_fits(device: &Device, tensor: &str, shape: &[usize], hint: &str) -> Result<()> {
+    let Some(limit) = max_tensor_bytes(device) else {
+        return Ok(());
+    };
+    let bytes = shape.iter().map(|&d| d as u64).product::<u64>() * 4;
+    if bytes <= limit {
+        return Ok(());
+    }
+    Err(LoraError::TooLarge {
+        tensor: tensor.to_string(),
+        shape: shape.to_vec(),
+        bytes,
+        limit,
+        hint: hint.to_string(),
+    })
+}
+
 /// The CPU devices of this build plus wgpu when an adapter exists, with their names: what the
 /// test-suite runs every backend-generic check on.
 pub fn test_devices() -> Vec<(&'static str, Device)> {

@@ -1,6 +1,6 @@
 //! [`LoraEmbedding`]: a frozen embedding table plus named low-rank adapters.
 
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::prelude::*;
 use burn::tensor::module::embedding;
@@ -11,6 +11,19 @@ use crate::layer::{
     AdapterState, Factors, LayerKind, LoraLayer, check_names, check_shape, init_embedding_factors,
 };
 use crate::linear::{linear_rows, replace};
+
+/// burn's name of [`LoraEmbedding`]'s field holding a split table's further rows.
+pub const ROW_BLOCKS: &str = "row_blocks";
+
+/// Rows per block when an `n × dim` f32 table must be split to keep each block within
+/// `max_bytes`; `None` when the whole table fits.
+pub fn rows_per_block(n: usize, dim: usize, max_bytes: u64) -> Option<usize> {
+    let row = (dim as u64).max(1) * 4;
+    if n as u64 * row <= max_bytes {
+        return None;
+    }
+    Some(((max_bytes / row) as usize).max(1))
+}
 
 /// Configuration of a [`LoraEmbedding`] created from scratch (no adapters yet).
 #[derive(Config, Debug)]
@@ -60,10 +73,18 @@ pub struct EmbeddingAdapter {
 
 /// An embedding table with LoRA adapters: `E[ids] + Σ scale · A[ids] · B` over the active,
 /// unmerged adapters. No dropout, as in PEFT (dropping token ids would mean nothing).
+///
+/// A table larger than what the device can hand to one kernel (wgpu binds at most 128 MiB per
+/// buffer on lavapipe and under WebGPU's defaults; GPT-2's 50257 × 768 table is 147 MiB) is
+/// stored as consecutive row blocks: `weight` holds the first rows and [`row_blocks`]
+/// (Self::row_blocks) the rest (see [`split_rows`](Self::split_rows)). Files and state dicts
+/// still see one `weight` of the whole table ([`crate::visit_params`] marks the blocks).
 #[derive(Module, Debug)]
 pub struct LoraEmbedding {
-    /// Base table `[num_embeddings, dim]`.
+    /// Base table `[num_embeddings, dim]`, or its first rows when the table is split.
     pub weight: Param<Tensor<2>>,
+    /// The table's further rows, in order, when it is split (empty otherwise).
+    pub row_blocks: Vec<Param<Tensor<2>>>,
     /// The adapters, in insertion order.
     pub adapters: Vec<EmbeddingAdapter>,
     /// Active set and disable switch.
@@ -76,15 +97,160 @@ impl LoraEmbedding {
     pub fn from_embedding(e: Embedding) -> Self {
         Self {
             weight: e.weight,
+            row_blocks: Vec::new(),
             adapters: Vec::new(),
             state: AdapterState::default(),
         }
     }
 
+    /// A table stored as the given row blocks (all `[rows_i, dim]`, in row order), e.g. lazily
+    /// initialised ones whose values a state dict fills. Errors if the widths differ.
+    pub fn from_row_blocks(blocks: Vec<Param<Tensor<2>>>) -> Result<Self> {
+        let mut blocks = blocks.into_iter();
+        let weight = blocks
+            .next()
+            .ok_or_else(|| LoraError::Unsupported("an embedding table without rows".into()))?;
+        let dim = weight.lazy_shape()[1];
+        let row_blocks: Vec<_> = blocks.collect();
+        for (i, b) in row_blocks.iter().enumerate() {
+            let found = b.lazy_shape().to_vec();
+            if found[1] != dim {
+                return Err(LoraError::ShapeMismatch {
+                    key: format!("{ROW_BLOCKS}.{i}"),
+                    expected: vec![found[0], dim],
+                    found,
+                });
+            }
+        }
+        Ok(Self {
+            weight,
+            row_blocks,
+            adapters: Vec::new(),
+            state: AdapterState::default(),
+        })
+    }
+
+    /// The same table stored in blocks of at most `max_bytes` each (f32), or unchanged when it
+    /// fits in one. Adapters are kept (they are `[num_embeddings, r]` and `[r, dim]`, small).
+    /// Reads the table back to the host once; loaders split host data instead
+    /// ([`rows_per_block`]), so the whole table never exists on the device.
+    pub fn split_rows(self, max_bytes: u64) -> Result<Self> {
+        let (n, dim) = self.shape();
+        let Some(rows) = rows_per_block(n, dim, max_bytes) else {
+            return Ok(self);
+        };
+        let device = self.device();
+        let mut flat = Vec::with_capacity(n * dim);
+        for (i, t) in self.table_blocks().into_iter().enumerate() {
+            let key = format!("{ROW_BLOCKS}.{i}");
+            flat.extend(crate::io::HostTensor::from_tensor(t, &key)?.data);
+        }
+        // Every block keeps the table's settings (trainable or frozen); the first keeps its id.
+        let params = flat
+            .chunks(rows * dim)
+            .enumerate()
+            .map(|(i, c)| {
+                let t =
+                    Tensor::from_data(TensorData::new(c.to_vec(), [c.len() / dim, dim]), &device);
+                let id = if i == 0 {
+                    self.weight.id
+                } else {
+                    ParamId::new()
+                };
+                self.weight.clone().transform_for_load(t, id)
+            })
+            .collect();
+        let mut out = Self::from_row_blocks(params)?;
+        out.adapters = self.adapters;
+        out.state = self.state;
+        Ok(out)
+    }
+
+    /// Whether the table is stored as several row blocks.
+    pub fn is_split(&self) -> bool {
+        !self.row_blocks.is_empty()
+    }
+
+    /// The stored table's blocks in row order (one tensor when not split), without any
+    /// reparameterization: what a tied output head multiplies with, one block of logits each.
+    ///
+    /// # Shapes
+    /// - output: `[rows_i, dim]` each, `Σ rows_i = num_embeddings`
+    pub fn table_blocks(&self) -> Vec<Tensor<2>> {
+        self.blocks().map(|p| p.base()).collect()
+    }
+
+    /// A tied output head: `x · tableᵀ + bias` over the stored table (no reparameterization;
+    /// see [`table_blocks`](Self::table_blocks)), computed one block of vocabulary columns per
+    /// row block so the table is never one tensor.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., dim]`, `bias`: `[num_embeddings]`
+    /// - output: `[..., num_embeddings]`
+    pub fn tied_logits<const D: usize>(&self, x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+        if !self.is_split() {
+            return linear_rows(x, self.weight.base().transpose(), bias);
+        }
+        let mut start = 0;
+        let parts: Vec<Tensor<D>> = self
+            .table_blocks()
+            .into_iter()
+            .map(|t| {
+                let rows = t.dims()[0];
+                let b = bias.clone().map(|b| b.slice(start..start + rows));
+                start += rows;
+                linear_rows(x.clone(), t.transpose(), b)
+            })
+            .collect();
+        let logits = Tensor::cat(parts, D - 1);
+        // burn 0.22's wgpu fusion computes reductions over a fresh `cat` of odd-width parts
+        // wrongly (a cross-entropy over [30, 43690 | 10567] logits was off by 14 %); running
+        // the queued work first gives the right values. An execution error would surface at
+        // the next read of these logits, so it is not handled here.
+        let _ = logits.device().flush();
+        logits
+    }
+
+    fn blocks(&self) -> impl Iterator<Item = &Param<Tensor<2>>> {
+        std::iter::once(&self.weight).chain(&self.row_blocks)
+    }
+
     /// `(num_embeddings, dim)`, without initialising lazy parameters.
     pub fn shape(&self) -> (usize, usize) {
         let s = self.weight.lazy_shape();
-        (s[0], s[1])
+        let more: usize = self.row_blocks.iter().map(|b| b.lazy_shape()[0]).sum();
+        (s[0] + more, s[1])
+    }
+
+    /// `E[ids]` over the row blocks: each block answers for its own rows, the others give 0.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, seq]` → `[batch, seq, dim]`
+    fn lookup(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        if !self.is_split() {
+            return embedding(self.weight.val(), ids);
+        }
+        let [b, s] = ids.dims();
+        let mut start = 0i64;
+        let mut out: Option<Tensor<3>> = None;
+        for block in self.blocks() {
+            let table = block.val();
+            let [rows, dim] = table.dims();
+            let local = ids.clone().sub_scalar(start);
+            let outside = local
+                .clone()
+                .lower_elem(0)
+                .bool_or(local.clone().greater_equal_elem(rows as i64));
+            // Clamped so the gather stays in bounds; the rows it reads there are zeroed.
+            let rows_here = embedding(table, local.clamp(0, rows as i64 - 1))
+                .mask_fill(outside.reshape([b, s, 1]).expand([b, s, dim]), 0.0);
+            out = Some(match out {
+                Some(acc) => acc + rows_here,
+                None => rows_here,
+            });
+            start += rows as i64;
+        }
+        out.unwrap_or_else(|| embedding(self.weight.val(), ids))
     }
 
     /// Looks up rows.
@@ -99,7 +265,7 @@ impl LoraEmbedding {
     /// so it is done once where ids come from files: lora-train's `Trainer` checks each dataset
     /// against the model's `IdLimits`, and GPT-2's `generate` checks its prompts.
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let base = embedding(self.weight.val(), ids.clone());
+        let base = self.lookup(ids.clone());
         if self.state.disabled {
             return base;
         }
@@ -122,18 +288,27 @@ impl LoraEmbedding {
             })
     }
 
-    fn delta(&self, i: usize) -> Tensor<2> {
-        let a = &self.adapters[i];
-        a.lora_embedding_a
-            .val()
-            .matmul(a.lora_embedding_b.val())
-            .mul_scalar(a.meta.scale)
-            .detach()
-    }
-
-    fn shift(&mut self, delta: Tensor<2>, sign: f64) {
-        let w = self.weight.val().detach();
-        self.weight = replace(&self.weight, w + delta.mul_scalar(sign));
+    /// Adds `sign · scale · A · B` of adapter `i` to the table, block by block (the whole
+    /// update is as large as the table, which may not fit one device buffer).
+    fn shift(&mut self, i: usize, sign: f64) {
+        let ad = &self.adapters[i];
+        let a = ad.lora_embedding_a.val().detach();
+        let b = ad.lora_embedding_b.val().detach();
+        let scale = ad.meta.scale * sign;
+        let mut start = 0;
+        let mut shifted: Vec<Param<Tensor<2>>> = self
+            .blocks()
+            .map(|p| {
+                let rows = p.lazy_shape()[0];
+                let delta = a.clone().slice(start..start + rows).matmul(b.clone());
+                start += rows;
+                replace(p, p.val().detach() + delta.mul_scalar(scale))
+            })
+            .collect();
+        self.row_blocks = shifted.split_off(1);
+        if let Some(first) = shifted.pop() {
+            self.weight = first;
+        }
     }
 }
 
@@ -228,8 +403,7 @@ impl LoraLayer for LoraEmbedding {
     fn merge(&mut self, name: &str) -> Result<()> {
         let i = self.index(name)?;
         if !self.adapters[i].meta.merged {
-            let d = self.delta(i);
-            self.shift(d, 1.0);
+            self.shift(i, 1.0);
             self.adapters[i].meta.merged = true;
         }
         Ok(())
@@ -238,8 +412,7 @@ impl LoraLayer for LoraEmbedding {
     fn unmerge(&mut self, name: &str) -> Result<()> {
         let i = self.index(name)?;
         if self.adapters[i].meta.merged {
-            let d = self.delta(i);
-            self.shift(d, -1.0);
+            self.shift(i, -1.0);
             self.adapters[i].meta.merged = false;
         }
         Ok(())
@@ -277,7 +450,14 @@ impl LoraLayer for LoraEmbedding {
     }
 
     fn base_weight(&self) -> Tensor<2> {
-        self.weight.base()
+        match self.is_split() {
+            false => self.weight.base(),
+            true => Tensor::cat(self.table_blocks(), 0),
+        }
+    }
+
+    fn base_blocks(&self) -> Vec<Tensor<2>> {
+        self.table_blocks()
     }
 
     fn adapter_bias(&self, name: &str) -> Result<crate::config::BiasMode> {

@@ -148,6 +148,25 @@ pub enum LoraError {
     /// The requested device does not exist in this build or on this machine.
     #[error("{0}")]
     Device(String),
+    /// A tensor would exceed what the device can hand to one kernel (wgpu's storage-buffer
+    /// binding limit: 128 MiB on lavapipe and under WebGPU's defaults).
+    #[error(
+        "`{tensor}` {shape:?} needs {} MiB, above this device's {} MiB per-tensor limit ({hint})",
+        mib(*bytes),
+        mib(*limit)
+    )]
+    TooLarge {
+        /// What the tensor is.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its size in bytes.
+        bytes: u64,
+        /// The device's limit in bytes.
+        limit: u64,
+        /// What to change so it fits.
+        hint: String,
+    },
     /// Tensor data could not be converted (this indicates a backend problem, not user input).
     #[error("tensor data of `{key}` could not be read back: {reason}")]
     Data {
@@ -156,6 +175,10 @@ pub enum LoraError {
         /// Why.
         reason: String,
     },
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1u64 << 20) as f64)
 }
 
 /// `Result` with [`LoraError`].

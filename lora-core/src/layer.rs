@@ -103,6 +103,12 @@ pub trait LoraLayer {
     /// `modules_to_save` copy, a weight-level adapter) is not applied: tied heads read this, and
     /// in PEFT they keep the original table.
     fn base_weight(&self) -> Tensor<2>;
+    /// [`base_weight`](Self::base_weight) as the row blocks it is stored in: one tensor, except
+    /// for an embedding table split to fit the device (see [`crate::LoraEmbedding`]). Prefer it
+    /// where a whole table in one tensor could exceed the device's per-tensor limit.
+    fn base_blocks(&self) -> Vec<Tensor<2>> {
+        vec![self.base_weight()]
+    }
     /// The `bias` setting of the config adapter `name` was added with.
     fn adapter_bias(&self, name: &str) -> Result<BiasMode>;
     /// The DoRA magnitude `[d_out]` of the adapter, if it is a DoRA adapter.

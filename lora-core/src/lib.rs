@@ -150,14 +150,14 @@ pub use config::{
     TargetModules,
 };
 pub use convert::save_adapter_converted;
-pub use embedding::{EmbeddingAdapter, LoraEmbedding, LoraEmbeddingConfig};
+pub use embedding::{EmbeddingAdapter, LoraEmbedding, LoraEmbeddingConfig, rows_per_block};
 pub use error::{LoraError, Result};
 pub use layer::{Factors, LayerKind, LoraLayer};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig, linear_rows};
 pub use model::{
-    LoraModelExt, ParamInfo, SavedRole, SliceFn, TrainPolicy, adapted_paths, apply_trainability,
-    check_sites_listed, inject_adapter, inject_adapter_with, select_targets, site_paths, stable_id,
-    visit_params,
+    LoraModelExt, ParamInfo, RowBlock, SavedRole, SliceFn, TrainPolicy, adapted_paths,
+    apply_trainability, check_sites_listed, inject_adapter, inject_adapter_with, select_targets,
+    site_paths, stable_id, visit_params,
 };
 pub use report::{ModuleParams, ParamReport};
 pub use sites::{LoraSites, join_path};

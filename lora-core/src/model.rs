@@ -533,7 +533,10 @@ pub trait LoraModelExt: LoraSites {
         let mut bad = None;
         trial.visit_lora_sites("", &mut |p, l| {
             let carries = l.adapter_names().iter().any(|n| n == name);
-            if bad.is_none() && carries && !crate::layer::all_finite(l.base_weight()) {
+            if bad.is_none()
+                && carries
+                && !l.base_blocks().into_iter().all(crate::layer::all_finite)
+            {
                 bad = Some(p.to_string());
             }
         });
@@ -710,6 +713,18 @@ pub struct ParamInfo {
     pub owner: String,
     /// Its part in `modules_to_save` (PEFT's `ModulesToSaveWrapper`), if any.
     pub saved: Option<SavedRole>,
+    /// For one row block of a table split to fit the device (see [`crate::LoraEmbedding`]):
+    /// where its rows sit. Every block has the table's `hf_path`.
+    pub rows: Option<RowBlock>,
+}
+
+/// Where a row block of a split table sits in the whole table (see [`ParamInfo::rows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowBlock {
+    /// The block's first row in the table.
+    pub start: usize,
+    /// Rows of the whole table.
+    pub table_rows: usize,
 }
 
 /// A parameter's part in `modules_to_save` (see [`crate::saved`]).
@@ -736,10 +751,20 @@ pub fn visit_params<M: Module + LoraSites>(model: &M) -> Vec<ParamInfo> {
         active: active_slots(model),
         originals: saved::scan_copies(model).into_keys().collect(),
         seen: std::collections::HashMap::new(),
+        tables: BTreeMap::new(),
         model,
     };
     model.visit(&mut v);
-    v.out
+    let mut out = v.out;
+    for blocks in v.tables.values() {
+        let table_rows = blocks.iter().map(|&i| out[i].shape[0]).sum();
+        let mut start = 0;
+        for &i in blocks {
+            out[i].rows = Some(RowBlock { start, table_rows });
+            start += out[i].shape[0];
+        }
+    }
+    out
 }
 
 struct ParamLister<'a, M: LoraSites> {
@@ -749,7 +774,21 @@ struct ParamLister<'a, M: LoraSites> {
     originals: BTreeSet<String>,
     /// Index in `out` of each parameter by burn path (a copy is visited after its parameter).
     seen: std::collections::HashMap<String, usize>,
+    /// Indices in `out` of each split table's blocks in row order, by the table's burn path.
+    tables: BTreeMap<String, Vec<usize>>,
     model: &'a M,
+}
+
+impl<M: LoraSites> ParamLister<'_, M> {
+    /// For a row block of a split table: the table's burn path (its first block's).
+    fn table_of_block(&self) -> Option<String> {
+        let path = &self.walk.path;
+        let n = path.len();
+        (n >= 2
+            && path[n - 2] == crate::embedding::ROW_BLOCKS
+            && path[n - 1].parse::<usize>().is_ok())
+        .then(|| format!("{}.weight", path[..n - 2].join(".")))
+    }
 }
 
 impl<M: LoraSites> ModuleVisitor for ParamLister<'_, M> {
@@ -786,15 +825,24 @@ impl<M: LoraSites> ModuleVisitor for ParamLister<'_, M> {
             .originals
             .contains(&burn_path)
             .then_some(SavedRole::Original);
+        let mut torch_path = self.walk.torch_path();
+        if let Some(table) = self.table_of_block()
+            && let Some(&first) = self.seen.get(&table)
+        {
+            let blocks = self.tables.entry(table.clone()).or_insert(vec![first]);
+            blocks.push(self.out.len());
+            torch_path = table;
+        }
         self.seen.insert(burn_path.clone(), self.out.len());
         self.out.push(ParamInfo {
-            hf_path: self.model.hf_param_path(&self.walk.torch_path()),
+            hf_path: self.model.hf_param_path(&torch_path),
             burn_path,
             shape: param.lazy_shape().to_vec(),
             adapter_site,
             adapter_active,
             owner: self.walk.owner_kind().to_string(),
             saved,
+            rows: None,
         });
     }
 }

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use burn::module::{Devices, Module, ModuleMapper, ModuleVisitor, Param, Reparameterization};
 use burn::prelude::*;
 
+use crate::embedding::ROW_BLOCKS;
 use crate::error::{LoraError, Result};
 use crate::io::HostTensor;
 use crate::model::PathWalk;
@@ -269,6 +270,16 @@ pub(crate) fn with_new_copies<M: Module>(
     name: &str,
     activate: bool,
 ) -> Result<BTreeMap<String, SavedCopies>> {
+    if let Some(p) = params
+        .iter()
+        .find(|p| p.burn_path.split('.').any(|s| s == ROW_BLOCKS))
+    {
+        return Err(LoraError::Unsupported(format!(
+            "modules_to_save on `{}`: that table is split into row blocks to fit the device's \
+             per-tensor limit (see LoraEmbedding), and its copy could not be one tensor either",
+            p.burn_path
+        )));
+    }
     let mut sets = scan_copies(model);
     let wanted: BTreeSet<String> = params.iter().map(|p| p.burn_path.clone()).collect();
     let values = crate::model::stored_values(model, &wanted);

@@ -2,7 +2,7 @@
 
 use burn::nn::{Embedding, Initializer, Linear};
 use burn::prelude::*;
-use lora_core::LoraLinear;
+use lora_core::{LoraEmbedding, LoraLinear, rows_per_block};
 
 /// A linear layer initialised as transformers does: weight N(0, std), bias 0 (lazily, so a
 /// checkpoint loaded right after costs no random init).
@@ -18,6 +18,22 @@ pub(crate) fn hf_embedding(n: usize, d: usize, std: f64, device: &Device) -> Emb
     Embedding {
         weight: Initializer::Normal { mean: 0.0, std }.init([n, d], device),
     }
+}
+
+/// A token-embedding table initialised as [`hf_embedding`], stored in row blocks when the
+/// whole table would exceed the device's per-tensor limit (see [`LoraEmbedding`]).
+pub(crate) fn hf_table(n: usize, d: usize, std: f64, device: &Device) -> LoraEmbedding {
+    let limit = lora_core::device::max_tensor_bytes(device);
+    let Some(rows) = limit.and_then(|l| rows_per_block(n, d, l)) else {
+        return LoraEmbedding::from_embedding(hf_embedding(n, d, std, device));
+    };
+    let blocks = (0..n)
+        .step_by(rows)
+        .map(|start| Initializer::Normal { mean: 0.0, std }.init([rows.min(n - start), d], device))
+        .collect();
+    // `rows_per_block` gives at least one row, so there is at least one block of width `d`.
+    LoraEmbedding::from_row_blocks(blocks)
+        .unwrap_or_else(|_| LoraEmbedding::from_embedding(hf_embedding(n, d, std, device)))
 }
 
 #[cfg(all(test, feature = "flex"))]

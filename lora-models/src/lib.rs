@@ -19,3 +19,16 @@ pub mod tokenizer;
 
 pub use error::{ModelError, Result};
 pub use tokenizer::TextTokenizer;
+
+/// Attention scores are the largest activation of a long sequence (`[batch, heads, queries,
+/// keys]`): a clear error when they would exceed the device's per-tensor limit, instead of a
+/// failure inside a kernel.
+pub(crate) fn check_scores_fit(device: &burn::prelude::Device, shape: [usize; 4]) -> Result<()> {
+    let hint = "use fewer sequences per batch or shorter sequences";
+    Ok(lora_core::device::check_fits(
+        device,
+        "attention scores",
+        &shape,
+        hint,
+    )?)
+}

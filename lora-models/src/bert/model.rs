@@ -12,14 +12,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerN
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax, tanh};
 
-use lora_core::{
-    LoraEmbedding, LoraLayer, LoraLinear, LoraSites, join_path, linear_rows, lora_sites,
-};
+use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, LoraSites, join_path, lora_sites};
 
 use super::config::{BertConfig, EncoderFamily};
 use crate::error::{ModelError, Result};
 use crate::gpt2::Activation;
-use crate::init::{hf_embedding, hf_linear};
+use crate::init::{hf_embedding, hf_linear, hf_table};
 
 /// The Hugging Face name of a burn parameter path of these models: `self_attn` → `self`,
 /// `layer_norm` → `LayerNorm` (except RoBERTa's `lm_head.layer_norm`, which Hugging Face spells
@@ -363,12 +361,7 @@ impl BertModel {
             .collect();
         Self {
             embeddings: BertEmbeddings {
-                word_embeddings: LoraEmbedding::from_embedding(hf_embedding(
-                    config.vocab_size,
-                    d,
-                    std,
-                    device,
-                )),
+                word_embeddings: hf_table(config.vocab_size, d, std, device),
                 position_embeddings: hf_embedding(config.max_position_embeddings, d, std, device),
                 token_type_embeddings: hf_embedding(config.type_vocab_size, d, std, device),
                 layer_norm: layer_norm(config, device),
@@ -445,6 +438,10 @@ impl BertModel {
             }
         }
         let device = input_ids.device();
+        if let Some(layer) = self.encoder.layer.first() {
+            let heads = layer.attention.self_attn.num_heads;
+            crate::check_scores_fit(&device, [b, heads, t, t])?;
+        }
         let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([b, t], &device));
         let mask: Tensor<4, Bool> = match attention_mask {
             Some(m) => m.equal_elem(0).reshape([b, 1, 1, t]),
@@ -614,11 +611,7 @@ impl RobertaLMHead {
         let x = self.layer_norm.forward(gelu(self.dense.forward(hidden)));
         // Tied decoder: the stored input table, transposed. As in PEFT 0.21.2, an unmerged LoRA
         // on the word embeddings changes the lookup only; merged, the decoder sees it too.
-        linear_rows(
-            x,
-            word_embeddings.base_weight().transpose(),
-            Some(self.bias.val()),
-        )
+        word_embeddings.tied_logits(x, Some(self.bias.val()))
     }
 }
 
@@ -658,6 +651,22 @@ impl RobertaForMaskedLM {
         attention_mask: Option<Tensor<2, Int>>,
         token_type_ids: Option<Tensor<2, Int>>,
     ) -> Result<Tensor<3>> {
+        let [b, t] = input_ids.dims();
+        let vocab = self.lm_head.bias.lazy_shape()[0];
+        lora_core::device::check_fits(
+            &input_ids.device(),
+            "logits",
+            &[b, t, vocab],
+            "score fewer tokens at once",
+        )?;
+        let [b, t] = input_ids.dims();
+        let vocab = self.lm_head.bias.lazy_shape()[0];
+        lora_core::device::check_fits(
+            &input_ids.device(),
+            "logits",
+            &[b, t, vocab],
+            "score fewer tokens at once",
+        )?;
         let hidden = self
             .roberta
             .forward(input_ids, attention_mask, token_type_ids)?;

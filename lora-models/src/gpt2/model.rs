@@ -6,11 +6,11 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, linear_rows, lora_sites};
+use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, lora_sites};
 
 use super::config::{Activation, Gpt2Config};
 use crate::error::{ModelError, Result};
-use crate::init::{hf_embedding, hf_linear};
+use crate::init::{hf_embedding, hf_linear, hf_table};
 
 /// Keys and values of one block for the tokens seen so far: each `[batch, heads, past, head_dim]`.
 #[derive(Debug, Clone)]
@@ -263,7 +263,7 @@ impl Gpt2Config {
             label_smoothing: 0.0,
             memory: super::MemoryOptions::default(),
             transformer: Gpt2Model {
-                wte: LoraEmbedding::from_embedding(embedding(self.vocab_size)),
+                wte: hf_table(self.vocab_size, d, std, device),
                 wpe: embedding(self.n_positions),
                 drop: DropoutConfig::new(self.embd_pdrop).init(),
                 h,
@@ -335,6 +335,15 @@ impl Gpt2Model {
         Ok((self.ln_f.forward(x), KvCache { layers }))
     }
 
+    /// The tied LM head over the stored `wte` table. As in PEFT 0.21.2, an unmerged LoRA on
+    /// `wte` changes the input lookup only; merged, it is in the table and so in the head too.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[..., n_embd]` → `[..., vocab]`
+    pub fn lm_head<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
+        self.wte.tied_logits(hidden, None)
+    }
+
     /// Token plus position embeddings, after dropout.
     ///
     /// # Shapes
@@ -383,6 +392,9 @@ impl Gpt2Model {
             return Err(ModelError::InvalidInput(format!(
                 "the KV cache holds {cb} sequences but the batch has {b}"
             )));
+        }
+        if let Some(block) = self.h.first() {
+            crate::check_scores_fit(&device, [b, block.attn.n_head, t, past + t])?;
         }
         if let Some(p) = &position_ids {
             check_positions(p, [b, t], self.n_positions)?;
@@ -439,13 +451,18 @@ impl Gpt2LmHeadModel {
         position_ids: Option<Tensor<2, Int>>,
         cache: Option<KvCache>,
     ) -> Result<(Tensor<3>, KvCache)> {
+        let [b, t] = ids.dims();
+        let vocab = self.transformer.wte.dims().0;
+        lora_core::device::check_fits(
+            &ids.device(),
+            "logits",
+            &[b, t, vocab],
+            "score fewer tokens at once; training can compute its loss in chunks (loss_chunk)",
+        )?;
         let (hidden, cache) = self
             .transformer
             .forward(ids, attention_mask, position_ids, cache)?;
-        // Tied head: the stored `wte` table. As in PEFT 0.21.2, an unmerged LoRA on `wte` changes
-        // the input lookup only; merged, it is in the table and so in the head too.
-        let logits = linear_rows(hidden, self.transformer.wte.base_weight().transpose(), None);
-        Ok((logits, cache))
+        Ok((self.transformer.lm_head(hidden), cache))
     }
 }
 

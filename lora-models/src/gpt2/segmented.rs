@@ -6,7 +6,6 @@
 use burn::prelude::*;
 use burn::tensor::Gradients;
 use lora_core::LoraLayer;
-use lora_core::linear_rows;
 
 use super::model::{Gpt2LmHeadModel, Gpt2Model};
 use crate::checkpoint::{self, Stack, grad_of, push_vjp};
@@ -153,16 +152,18 @@ impl Gpt2LmHeadModel {
         let mut loss = Tensor::<1>::zeros([1], &device);
         let rows = top.narrow(1, 0, t - 1).reshape([n, d]);
         let targets = labels.narrow(1, 1, t - 1).reshape([n]);
-        let size = chunk.unwrap_or(n).clamp(1, n);
+        let size = chunk
+            .unwrap_or(n)
+            .min(self.max_logit_rows(&device))
+            .clamp(1, n);
         let mut grads = Vec::with_capacity(n.div_ceil(size));
         for start in (0..n).step_by(size) {
             let len = size.min(n - start);
             let x = rows.clone().narrow(0, start, len).detach().require_grad();
             let z = self.transformer.ln_f.forward(x.clone());
-            // The stored table, as in `forward` (an unmerged LoRA on `wte` is not in the head);
-            // read per chunk, since a backward consumes the graph of everything it went through.
-            let table = self.transformer.wte.base_weight().transpose();
-            let logits = linear_rows(z, table, None);
+            // The head reads the table per chunk, since a backward consumes the graph of
+            // everything it went through.
+            let logits = self.transformer.lm_head(z);
             let part = cross_entropy_sum(logits, targets.clone().narrow(0, start, len), smoothing)
                 .div_scalar(count as f64);
             let g = part.backward();
@@ -173,6 +174,64 @@ impl Gpt2LmHeadModel {
         let d_rows: Tensor<3> = Tensor::cat(grads, 0).reshape([b, t - 1, d]);
         let last = Tensor::zeros([b, 1, d], &d_rows.device());
         Ok((loss, Tensor::cat(vec![d_rows, last], 1)))
+    }
+}
+
+impl Gpt2LmHeadModel {
+    /// The most target positions whose `[positions, vocab]` logits fit the device's per-tensor
+    /// limit (unbounded on the CPU backends): the loss is chunked at least this finely.
+    pub fn max_logit_rows(&self, device: &Device) -> usize {
+        let vocab = self.transformer.wte.dims().0.max(1) as u64;
+        lora_core::device::max_tensor_bytes(device)
+            .map_or(usize::MAX, |limit| (limit / (vocab * 4)).max(1) as usize)
+    }
+
+    /// The mean next-token cross-entropy of a batch (label smoothing `smoothing`), with the
+    /// head and loss computed [`memory`](Self::memory)`.loss_chunk` target positions at a time,
+    /// or fewer where whole logits would exceed the device's per-tensor limit
+    /// ([`max_logit_rows`](Self::max_logit_rows)); otherwise exactly
+    /// `causal_lm_loss(self.forward(..), labels, smoothing)`. Differentiable: on an autodiff
+    /// device its backward gives the step's gradients (every chunk's graph is kept; for lower
+    /// memory see [`loss_and_grads`](Self::loss_and_grads)).
+    ///
+    /// # Shapes
+    /// - `ids`, `attention_mask`, `labels`: `[batch, seq]` (labels [`IGNORE_INDEX`] where ignored)
+    /// - output: `[1]`
+    pub fn lm_loss(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+        labels: Tensor<2, Int>,
+        smoothing: f64,
+    ) -> Result<Tensor<1>> {
+        let [b, t] = ids.dims();
+        let cap = self.max_logit_rows(&ids.device());
+        let chunk = self.memory.loss_chunk.unwrap_or(usize::MAX).min(cap).max(1);
+        if b * t <= chunk {
+            let logits = self.forward(ids, attention_mask)?;
+            return Ok(crate::loss::causal_lm_loss(logits, labels, smoothing));
+        }
+        if labels.dims() != [b, t] || t < 2 {
+            return Err(ModelError::InvalidInput(format!(
+                "labels are {:?} for ids {:?} (at least 2 positions)",
+                labels.dims(),
+                [b, t]
+            )));
+        }
+        let (hidden, _) = self.transformer.forward(ids, attention_mask, None, None)?;
+        let d = hidden.dims()[2];
+        let n = b * (t - 1);
+        let rows = hidden.narrow(1, 0, t - 1).reshape([n, d]);
+        let targets = labels.narrow(1, 1, t - 1).reshape([n]);
+        let count = targets.clone().not_equal_elem(IGNORE_INDEX).float().sum();
+        let total = (0..n)
+            .step_by(chunk)
+            .fold(count.zeros_like(), |sum, start| {
+                let len = chunk.min(n - start);
+                let logits = self.transformer.lm_head(rows.clone().narrow(0, start, len));
+                sum + cross_entropy_sum(logits, targets.clone().narrow(0, start, len), smoothing)
+            });
+        Ok(total / count)
     }
 }
 

@@ -23,11 +23,11 @@ use lora_models::bert::{
 
 use crate::common::{assert_close, devices, fixture, host, ids, load, max_diff};
 
-fn enc(rel: &str) -> PathBuf {
+pub(crate) fn enc(rel: &str) -> PathBuf {
     fixture(&format!("encoder/{rel}"))
 }
 
-fn reference() -> HashMap<String, HostTensor> {
+pub(crate) fn reference() -> HashMap<String, HostTensor> {
     load("encoder/reference.safetensors")
 }
 
@@ -52,7 +52,7 @@ fn ref_ids(t: &HostTensor) -> Vec<i64> {
 }
 
 /// Max |a - b| over the rows whose mask is 1 (`[batch, seq, d]` tensors, `[batch, seq]` mask).
-fn masked_diff(a: &HostTensor, b: &HostTensor, mask: &HostTensor) -> f32 {
+pub(crate) fn masked_diff(a: &HostTensor, b: &HostTensor, mask: &HostTensor) -> f32 {
     assert_eq!(a.shape, b.shape);
     let d = a.shape[2];
     let mut m = 0f32;

@@ -20,14 +20,14 @@ fn ref_json(tag: &str) -> serde_json::Value {
     .unwrap()
 }
 
-fn int2(t: &HostTensor, device: &Device) -> Tensor<2, Int> {
+pub(crate) fn int2(t: &HostTensor, device: &Device) -> Tensor<2, Int> {
     let v: Vec<i64> = t.data.iter().map(|x| *x as i64).collect();
     Tensor::from_data(TensorData::new(v, t.shape.clone()), device)
 }
 
 /// Compares our logits with a reference summary (first 256 vocab entries, log-sum-exp and
 /// argmax) at the positions the mask marks as real tokens.
-fn check_logits(
+pub(crate) fn check_logits(
     what: &str,
     logits: Tensor<3>,
     r: &std::collections::HashMap<String, HostTensor>,
@@ -745,7 +745,7 @@ fn unread_checkpoint_contents_are_refused_by_name() {
 }
 
 /// tiny-a without dropout, so a plain and a segmented step see the same function.
-fn tiny_a_without_dropout(device: &Device) -> Gpt2LmHeadModel {
+pub(crate) fn tiny_a_without_dropout(device: &Device) -> Gpt2LmHeadModel {
     let mut model = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), device)
         .unwrap()
         .0;
@@ -759,7 +759,7 @@ fn tiny_a_without_dropout(device: &Device) -> Gpt2LmHeadModel {
 }
 
 /// Every trainable gradient of a step, by parameter path.
-fn step_grads(
+pub(crate) fn step_grads(
     model: &Gpt2LmHeadModel,
     parts: Vec<burn::tensor::Gradients>,
 ) -> std::collections::BTreeMap<String, HostTensor> {

@@ -12,5 +12,6 @@ mod gpt2;
 mod peft_files;
 mod peft_oracle;
 mod saved_copies;
+mod split_tables;
 mod train;
 mod weight;
