@@ -49,8 +49,9 @@ struct Args {
     /// `query`/`value`) or `all-linear` (every linear layer of the blocks).
     #[arg(long, value_enum, default_value = "attention")]
     targets: Targets,
-    /// Vocabulary size instead of the real one (50257 / 50265), for GPU adapters whose
-    /// storage-buffer binding limit is below the 154 MB embedding table (lavapipe: 128 MiB).
+    /// Vocabulary size instead of the real one (50257 / 50265), for a smaller head. Not needed
+    /// for small GPU limits: a table above the adapter's per-tensor limit (lavapipe: 128 MiB)
+    /// is stored in row blocks.
     #[arg(long)]
     vocab: Option<usize>,
     /// GPT-2: activation checkpointing per block in the training step (our modes only).

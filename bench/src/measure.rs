@@ -43,8 +43,8 @@ pub struct RunSpec {
     /// Which layers get adapters.
     #[serde(default)]
     pub targets: Targets,
-    /// Vocabulary size instead of the architecture's (for adapters whose storage-buffer limit
-    /// is below the real 154 MB embedding table, e.g. lavapipe's 128 MiB).
+    /// Vocabulary size instead of the architecture's (a smaller head; tables above a GPU's
+    /// per-tensor limit are split into row blocks either way).
     #[serde(default)]
     pub vocab: Option<usize>,
     /// GPT-2's memory trades in the training step (checkpointing, chunked loss).

@@ -13,7 +13,7 @@ use lora_models::{ModelError, TextTokenizer};
 
 use crate::common::{devices, fixture, host, load};
 
-fn ref_json(tag: &str) -> serde_json::Value {
+pub(crate) fn ref_json(tag: &str) -> serde_json::Value {
     serde_json::from_str(
         &std::fs::read_to_string(fixture(&format!("gpt2/reference-{tag}.json"))).unwrap(),
     )
@@ -155,7 +155,7 @@ fn logits_and_losses_match_transformers() {
     }
 }
 
-fn ids_of(v: &serde_json::Value) -> Vec<Vec<u32>> {
+pub(crate) fn ids_of(v: &serde_json::Value) -> Vec<Vec<u32>> {
     v.as_array()
         .unwrap()
         .iter()

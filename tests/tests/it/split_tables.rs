@@ -14,12 +14,14 @@ use lora_core::{InitLoraWeights, LoraConfig, LoraEmbedding, LoraLayer, LoraModel
 use lora_models::bert::{
     BertConfig, EncoderCheckpoint, RobertaForMaskedLM, RobertaForSequenceClassification,
 };
-use lora_models::gpt2::{CAttnMode, Gpt2Config, Gpt2LmHeadModel, MemoryOptions, inject_gpt2_lora};
+use lora_models::gpt2::{
+    CAttnMode, GenerationConfig, Gpt2Config, Gpt2LmHeadModel, MemoryOptions, inject_gpt2_lora,
+};
 use lora_models::loss::{causal_lm_loss, labels_from_mask};
 
 use crate::common::{assert_close, devices, fixture, host, load};
 use crate::encoder::{enc, masked_diff, reference};
-use crate::gpt2::{check_logits, int2, step_grads, tiny_a_without_dropout};
+use crate::gpt2::{check_logits, ids_of, int2, ref_json, step_grads, tiny_a_without_dropout};
 
 /// Blocks of `rows` rows of a `dim`-wide f32 table.
 fn split(table: LoraEmbedding, rows: usize) -> LoraEmbedding {
@@ -56,6 +58,15 @@ fn split_tables_match_transformers() {
             (ours - want).abs() <= 1e-5 * want.max(1.0),
             "{ours} vs {want}"
         );
+        // Generation reads the split head too (top-1 over the joined logits).
+        let g = ref_json("a");
+        let prompt: Vec<u32> = ids_of(&g["beam_prompt"]).into_iter().flatten().collect();
+        let mut greedy = GenerationConfig::greedy(8);
+        greedy.eos_token_id = None;
+        let out = model.generate(&[prompt.clone()], &greedy, &device).unwrap();
+        let (whole, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
+        let want = whole.generate(&[prompt], &greedy, &device).unwrap();
+        assert_eq!(out.tokens, want.tokens, "{name}: greedy with a split head");
 
         let (mut mlm, _) =
             RobertaForMaskedLM::from_pretrained(enc("roberta-mlm"), &device).unwrap();
