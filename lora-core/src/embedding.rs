@@ -8,7 +8,7 @@ use burn::tensor::module::embedding;
 use crate::config::AdapterSpec;
 use crate::error::{LoraError, Result};
 use crate::layer::{
-    AdapterState, Factors, LayerKind, LoraLayer, check_names, check_shape, init_embedding_factors,
+    AdapterState, Factors, LayerKind, LoraLayer, check_shape, init_embedding_factors,
 };
 use crate::linear::{linear_rows, replace};
 
@@ -278,16 +278,6 @@ impl LoraEmbedding {
             })
     }
 
-    fn index(&self, name: &str) -> Result<usize> {
-        self.adapters
-            .iter()
-            .position(|a| a.meta.name == name)
-            .ok_or_else(|| LoraError::UnknownAdapter {
-                module: String::new(),
-                adapter: name.to_string(),
-            })
-    }
-
     /// Adds `sign · scale · A · B` of adapter `i` to the table, block by block (the whole
     /// update is as large as the table, which may not fit one device buffer).
     fn shift(&mut self, i: usize, sign: f64) {
@@ -313,6 +303,25 @@ impl LoraEmbedding {
 }
 
 impl LoraLayer for LoraEmbedding {
+    fn adapter_merge_states(&self) -> Vec<(String, bool)> {
+        let adapters = self.adapters.iter();
+        adapters
+            .map(|a| (a.meta.name.clone(), a.meta.merged))
+            .collect()
+    }
+
+    fn adapter_state(&self) -> &AdapterState {
+        &self.state
+    }
+
+    fn adapter_state_mut(&mut self) -> &mut AdapterState {
+        &mut self.state
+    }
+
+    fn drop_adapter(&mut self, index: usize) {
+        self.adapters.remove(index);
+    }
+
     fn kind(&self) -> LayerKind {
         LayerKind::Embedding
     }
@@ -321,20 +330,8 @@ impl LoraLayer for LoraEmbedding {
         self.shape()
     }
 
-    fn adapter_names(&self) -> Vec<String> {
-        self.adapters.iter().map(|a| a.meta.name.clone()).collect()
-    }
-
-    fn merged_adapters(&self) -> Vec<String> {
-        self.adapters
-            .iter()
-            .filter(|a| a.meta.merged)
-            .map(|a| a.meta.name.clone())
-            .collect()
-    }
-
     fn add_adapter(&mut self, name: &str, spec: &AdapterSpec) -> Result<()> {
-        if self.adapters.iter().any(|a| a.meta.name == name) {
+        if self.adapter_index(name).is_ok() {
             return Err(LoraError::DuplicateAdapter {
                 module: String::new(),
                 adapter: name.to_string(),
@@ -363,45 +360,8 @@ impl LoraLayer for LoraEmbedding {
         ))
     }
 
-    fn remove_adapter(&mut self, name: &str) -> Result<()> {
-        self.unmerge(name)?;
-        let i = self.index(name)?;
-        self.adapters.remove(i);
-        self.state.active.retain(|n| n != name);
-        Ok(())
-    }
-
-    fn set_active(&mut self, names: &[String]) -> Result<()> {
-        check_names("", &self.adapter_names(), names)?;
-        for merged in self.merged_adapters() {
-            if !names.contains(&merged) {
-                self.unmerge(&merged)?;
-            }
-        }
-        self.state.active = names.to_vec();
-        Ok(())
-    }
-
-    fn active(&self) -> Vec<String> {
-        self.state.active.clone()
-    }
-
-    fn disabled(&self) -> bool {
-        self.state.disabled
-    }
-
-    fn set_disabled(&mut self, disabled: bool) -> Result<()> {
-        if disabled {
-            for merged in self.merged_adapters() {
-                self.unmerge(&merged)?;
-            }
-        }
-        self.state.disabled = disabled;
-        Ok(())
-    }
-
     fn merge(&mut self, name: &str) -> Result<()> {
-        let i = self.index(name)?;
+        let i = self.adapter_index(name)?;
         if !self.adapters[i].meta.merged {
             self.shift(i, 1.0);
             self.adapters[i].meta.merged = true;
@@ -410,7 +370,7 @@ impl LoraLayer for LoraEmbedding {
     }
 
     fn unmerge(&mut self, name: &str) -> Result<()> {
-        let i = self.index(name)?;
+        let i = self.adapter_index(name)?;
         if self.adapters[i].meta.merged {
             self.shift(i, -1.0);
             self.adapters[i].meta.merged = false;
@@ -419,7 +379,7 @@ impl LoraLayer for LoraEmbedding {
     }
 
     fn factors(&self, name: &str) -> Result<Factors> {
-        let a = &self.adapters[self.index(name)?];
+        let a = &self.adapters[self.adapter_index(name)?];
         Ok(Factors {
             a: a.lora_embedding_a.val(),
             b: a.lora_embedding_b.val(),
@@ -429,7 +389,7 @@ impl LoraLayer for LoraEmbedding {
 
     fn set_factors(&mut self, name: &str, factors: Factors, key: &str) -> Result<()> {
         let (n, dim) = self.shape();
-        let i = self.index(name)?;
+        let i = self.adapter_index(name)?;
         self.unmerge(name)?;
         let ad = &mut self.adapters[i];
         let r = ad.meta.r;
@@ -461,7 +421,7 @@ impl LoraLayer for LoraEmbedding {
     }
 
     fn adapter_bias(&self, name: &str) -> Result<crate::config::BiasMode> {
-        Ok(self.adapters[self.index(name)?].meta.bias)
+        Ok(self.adapters[self.adapter_index(name)?].meta.bias)
     }
 
     fn has_bias(&self) -> bool {

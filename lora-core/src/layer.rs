@@ -57,10 +57,43 @@ pub trait LoraLayer {
     fn kind(&self) -> LayerKind;
     /// `(d_in, d_out)` of the base weight (for embeddings: `(num_embeddings, dim)`).
     fn dims(&self) -> (usize, usize);
+    /// Each adapter's name and whether it is merged, in insertion order. The bookkeeping
+    /// methods (names, activation, disabling, removal) are written once on top of this,
+    /// [`adapter_state`](Self::adapter_state) and [`drop_adapter`](Self::drop_adapter), as
+    /// PEFT's `BaseTunerLayer` does.
+    fn adapter_merge_states(&self) -> Vec<(String, bool)>;
+    /// The active set and the disable switch.
+    fn adapter_state(&self) -> &AdapterState;
+    /// The active set and the disable switch, to change.
+    fn adapter_state_mut(&mut self) -> &mut AdapterState;
+    /// Drops the adapter at `index` of the insertion order, as it is (callers unmerge first).
+    fn drop_adapter(&mut self, index: usize);
     /// Names of the adapters attached, in insertion order.
-    fn adapter_names(&self) -> Vec<String>;
+    fn adapter_names(&self) -> Vec<String> {
+        self.adapter_merge_states()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
     /// Names of the adapters currently merged into the base weight.
-    fn merged_adapters(&self) -> Vec<String>;
+    fn merged_adapters(&self) -> Vec<String> {
+        let states = self.adapter_merge_states().into_iter();
+        states
+            .filter(|(_, merged)| *merged)
+            .map(|(n, _)| n)
+            .collect()
+    }
+    /// Position of the named adapter in the insertion order.
+    fn adapter_index(&self, name: &str) -> Result<usize> {
+        (self
+            .adapter_merge_states()
+            .iter()
+            .position(|(n, _)| n == name))
+        .ok_or_else(|| LoraError::UnknownAdapter {
+            module: String::new(),
+            adapter: name.to_string(),
+        })
+    }
     /// Adds a freshly initialised adapter and makes it active alongside the others.
     fn add_adapter(&mut self, name: &str, spec: &AdapterSpec) -> Result<()>;
     /// Adds an adapter that only updates the given output ranges `(start, len)`, each with its own
@@ -73,16 +106,43 @@ pub trait LoraLayer {
         slices: &[(usize, usize)],
     ) -> Result<()>;
     /// Removes an adapter (unmerging it first if merged).
-    fn remove_adapter(&mut self, name: &str) -> Result<()>;
+    fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        self.unmerge(name)?;
+        let i = self.adapter_index(name)?;
+        self.drop_adapter(i);
+        self.adapter_state_mut().active.retain(|n| n != name);
+        Ok(())
+    }
     /// Chooses which adapters `forward` applies; merged adapters that become inactive are
     /// unmerged, so the base weight never carries an inactive update.
-    fn set_active(&mut self, names: &[String]) -> Result<()>;
+    fn set_active(&mut self, names: &[String]) -> Result<()> {
+        check_names("", &self.adapter_names(), names)?;
+        for merged in self.merged_adapters() {
+            if !names.contains(&merged) {
+                self.unmerge(&merged)?;
+            }
+        }
+        self.adapter_state_mut().active = names.to_vec();
+        Ok(())
+    }
     /// Names of the active adapters.
-    fn active(&self) -> Vec<String>;
+    fn active(&self) -> Vec<String> {
+        self.adapter_state().active.clone()
+    }
     /// Whether adapters are turned off ([`set_disabled`](Self::set_disabled)).
-    fn disabled(&self) -> bool;
+    fn disabled(&self) -> bool {
+        self.adapter_state().disabled
+    }
     /// Turns every adapter off (`true`; merged ones are unmerged first) or back on.
-    fn set_disabled(&mut self, disabled: bool) -> Result<()>;
+    fn set_disabled(&mut self, disabled: bool) -> Result<()> {
+        if disabled {
+            for merged in self.merged_adapters() {
+                self.unmerge(&merged)?;
+            }
+        }
+        self.adapter_state_mut().disabled = disabled;
+        Ok(())
+    }
     /// Adds `scale · A · B` of the named adapter into the base weight; a no-op if already merged.
     fn merge(&mut self, name: &str) -> Result<()>;
     /// Subtracts a merged adapter's update from the base weight; a no-op if not merged.

@@ -7,9 +7,7 @@ use burn::tensor::module::linear;
 
 use crate::config::AdapterSpec;
 use crate::error::{LoraError, Result};
-use crate::layer::{
-    AdapterState, Factors, LayerKind, LoraLayer, check_names, check_shape, init_linear_factors,
-};
+use crate::layer::{AdapterState, Factors, LayerKind, LoraLayer, check_shape, init_linear_factors};
 
 /// `x · weight (+ bias)` over the last dimension, as **one 2-D matrix product**.
 ///
@@ -309,13 +307,6 @@ impl LoraLinear {
             .ok_or_else(|| unknown(name))
     }
 
-    fn adapter_index(&self, name: &str) -> Result<usize> {
-        self.adapters
-            .iter()
-            .position(|a| a.meta.name == name)
-            .ok_or_else(|| unknown(name))
-    }
-
     fn shift_weight(&mut self, delta: Tensor<2>, sign: f64) {
         let w = self.weight.val().detach();
         let shifted = w + delta.mul_scalar(sign);
@@ -331,24 +322,31 @@ fn unknown(name: &str) -> LoraError {
 }
 
 impl LoraLayer for LoraLinear {
+    fn adapter_merge_states(&self) -> Vec<(String, bool)> {
+        let adapters = self.adapters.iter();
+        adapters
+            .map(|a| (a.meta.name.clone(), a.meta.merged))
+            .collect()
+    }
+
+    fn adapter_state(&self) -> &AdapterState {
+        &self.state
+    }
+
+    fn adapter_state_mut(&mut self) -> &mut AdapterState {
+        &mut self.state
+    }
+
+    fn drop_adapter(&mut self, index: usize) {
+        self.adapters.remove(index);
+    }
+
     fn kind(&self) -> LayerKind {
         LayerKind::Linear
     }
 
     fn dims(&self) -> (usize, usize) {
         self.shape()
-    }
-
-    fn adapter_names(&self) -> Vec<String> {
-        self.adapters.iter().map(|a| a.meta.name.clone()).collect()
-    }
-
-    fn merged_adapters(&self) -> Vec<String> {
-        self.adapters
-            .iter()
-            .filter(|a| a.meta.merged)
-            .map(|a| a.meta.name.clone())
-            .collect()
     }
 
     fn add_adapter(&mut self, name: &str, spec: &AdapterSpec) -> Result<()> {
@@ -363,7 +361,7 @@ impl LoraLayer for LoraLinear {
         slices: &[(usize, usize)],
     ) -> Result<()> {
         let (d_in, d_out) = self.shape();
-        if self.adapters.iter().any(|a| a.meta.name == name) {
+        if self.adapter_index(name).is_ok() {
             return Err(LoraError::DuplicateAdapter {
                 module: String::new(),
                 adapter: name.to_string(),
@@ -424,43 +422,6 @@ impl LoraLayer for LoraLinear {
         }
         self.adapters.push(adapter);
         self.state.active.push(name.to_string());
-        Ok(())
-    }
-
-    fn remove_adapter(&mut self, name: &str) -> Result<()> {
-        self.unmerge(name)?;
-        let i = self.adapter_index(name)?;
-        self.adapters.remove(i);
-        self.state.active.retain(|n| n != name);
-        Ok(())
-    }
-
-    fn set_active(&mut self, names: &[String]) -> Result<()> {
-        check_names("", &self.adapter_names(), names)?;
-        for merged in self.merged_adapters() {
-            if !names.contains(&merged) {
-                self.unmerge(&merged)?;
-            }
-        }
-        self.state.active = names.to_vec();
-        Ok(())
-    }
-
-    fn active(&self) -> Vec<String> {
-        self.state.active.clone()
-    }
-
-    fn disabled(&self) -> bool {
-        self.state.disabled
-    }
-
-    fn set_disabled(&mut self, disabled: bool) -> Result<()> {
-        if disabled {
-            for merged in self.merged_adapters() {
-                self.unmerge(&merged)?;
-            }
-        }
-        self.state.disabled = disabled;
         Ok(())
     }
 

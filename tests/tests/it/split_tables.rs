@@ -63,7 +63,9 @@ fn split_tables_match_transformers() {
         let prompt: Vec<u32> = ids_of(&g["beam_prompt"]).into_iter().flatten().collect();
         let mut greedy = GenerationConfig::greedy(8);
         greedy.eos_token_id = None;
-        let out = model.generate(&[prompt.clone()], &greedy, &device).unwrap();
+        let out = model
+            .generate(std::slice::from_ref(&prompt), &greedy, &device)
+            .unwrap();
         let (whole, _) = Gpt2LmHeadModel::from_pretrained(fixture("gpt2/tiny-a"), &device).unwrap();
         let want = whole.generate(&[prompt], &greedy, &device).unwrap();
         assert_eq!(out.tokens, want.tokens, "{name}: greedy with a split head");
