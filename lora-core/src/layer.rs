@@ -48,6 +48,32 @@ pub struct AdapterState {
     pub disabled: bool,
 }
 
+/// The per-layer accessors of [`LoraLayer`]'s bookkeeping for a layer with `adapters` (each
+/// with `meta.name` and `meta.merged`) and `state`.
+macro_rules! adapter_accessors {
+    () => {
+        fn adapter_merge_states(&self) -> Vec<(String, bool)> {
+            let adapters = self.adapters.iter();
+            adapters
+                .map(|a| (a.meta.name.clone(), a.meta.merged))
+                .collect()
+        }
+
+        fn adapter_state(&self) -> &AdapterState {
+            &self.state
+        }
+
+        fn adapter_state_mut(&mut self) -> &mut AdapterState {
+            &mut self.state
+        }
+
+        fn drop_adapter(&mut self, index: usize) {
+            self.adapters.remove(index);
+        }
+    };
+}
+pub(crate) use adapter_accessors;
+
 /// Operations shared by [`LoraLinear`](crate::LoraLinear) and [`LoraEmbedding`](crate::LoraEmbedding).
 ///
 /// Object safe, so a model can hand out `&mut dyn LoraLayer` for every site it has

@@ -322,24 +322,7 @@ fn unknown(name: &str) -> LoraError {
 }
 
 impl LoraLayer for LoraLinear {
-    fn adapter_merge_states(&self) -> Vec<(String, bool)> {
-        let adapters = self.adapters.iter();
-        adapters
-            .map(|a| (a.meta.name.clone(), a.meta.merged))
-            .collect()
-    }
-
-    fn adapter_state(&self) -> &AdapterState {
-        &self.state
-    }
-
-    fn adapter_state_mut(&mut self) -> &mut AdapterState {
-        &mut self.state
-    }
-
-    fn drop_adapter(&mut self, index: usize) {
-        self.adapters.remove(index);
-    }
+    crate::layer::adapter_accessors!();
 
     fn kind(&self) -> LayerKind {
         LayerKind::Linear

@@ -32,3 +32,12 @@ pub(crate) fn check_scores_fit(device: &burn::prelude::Device, shape: [usize; 4]
         hint,
     )?)
 }
+
+/// Whole `[batch, seq, vocab]` logits must fit the device's per-tensor limit (training losses
+/// are chunked under it instead: `Gpt2LmHeadModel::lm_loss`).
+pub(crate) fn check_logits_fit(device: &burn::prelude::Device, shape: [usize; 3]) -> Result<()> {
+    let hint = "score fewer tokens at once; a training loss can be computed in chunks";
+    Ok(lora_core::device::check_fits(
+        device, "logits", &shape, hint,
+    )?)
+}

@@ -653,20 +653,7 @@ impl RobertaForMaskedLM {
     ) -> Result<Tensor<3>> {
         let [b, t] = input_ids.dims();
         let vocab = self.lm_head.bias.lazy_shape()[0];
-        lora_core::device::check_fits(
-            &input_ids.device(),
-            "logits",
-            &[b, t, vocab],
-            "score fewer tokens at once",
-        )?;
-        let [b, t] = input_ids.dims();
-        let vocab = self.lm_head.bias.lazy_shape()[0];
-        lora_core::device::check_fits(
-            &input_ids.device(),
-            "logits",
-            &[b, t, vocab],
-            "score fewer tokens at once",
-        )?;
+        crate::check_logits_fit(&input_ids.device(), [b, t, vocab])?;
         let hidden = self
             .roberta
             .forward(input_ids, attention_mask, token_type_ids)?;

@@ -453,12 +453,7 @@ impl Gpt2LmHeadModel {
     ) -> Result<(Tensor<3>, KvCache)> {
         let [b, t] = ids.dims();
         let vocab = self.transformer.wte.dims().0;
-        lora_core::device::check_fits(
-            &ids.device(),
-            "logits",
-            &[b, t, vocab],
-            "score fewer tokens at once; training can compute its loss in chunks (loss_chunk)",
-        )?;
+        crate::check_logits_fit(&ids.device(), [b, t, vocab])?;
         let (hidden, cache) = self
             .transformer
             .forward(ids, attention_mask, position_ids, cache)?;
