@@ -70,6 +70,7 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod progress;
+mod run;
 pub mod sampler;
 pub mod schedule;
 pub mod textgen_metrics;
@@ -85,6 +86,7 @@ pub use dataset::{
 };
 pub use error::{Result, TrainError};
 pub use interop::{LearnerAdapter, StepLoss};
+pub use metrics::{Metrics, format_metrics};
 pub use model::{
     BatchSource, EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, class_loss,
     mse_loss, plain_grads,
@@ -95,6 +97,5 @@ pub use progress::ProgressMode;
 pub use schedule::{ScheduleConfig, ScheduleKind, Warmup};
 pub use textgen_metrics::{BleuScore, E2eScores, corpus_bleu, corpus_rouge_l, e2e_scores};
 pub use trainer::{
-    BestMetric, Interrupter, Metrics, Resume, StopReason, TrainSummary, Trained, Trainer,
-    TrainerConfig,
+    BestMetric, Interrupter, Resume, StopReason, TrainSummary, Trained, Trainer, TrainerConfig,
 };

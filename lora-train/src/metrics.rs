@@ -6,6 +6,48 @@
 //! average ranks for ties. Undefined cases (no variance, no predicted positives) give 0, as
 //! scikit-learn does for F1 and MCC.
 
+use std::collections::BTreeMap;
+
+use crate::model::Predictions;
+
+/// Evaluation results by name: `loss` always; `perplexity`, `accuracy`/`f1`/`mcc` or
+/// `pearson`/`spearman` depending on the task (see [`Predictions`]).
+pub type Metrics = BTreeMap<String, f64>;
+
+/// The metrics of an evaluation: its mean `loss` and what `predictions` allow.
+pub fn of_predictions(loss: f64, predictions: Predictions) -> Metrics {
+    let mut m = Metrics::new();
+    m.insert("loss".into(), loss);
+    match predictions {
+        Predictions::None => {}
+        Predictions::LanguageModel => {
+            m.insert("perplexity".into(), perplexity(loss));
+        }
+        Predictions::Classes {
+            predicted,
+            gold,
+            num_classes,
+        } => {
+            m.insert("accuracy".into(), accuracy(&predicted, &gold));
+            m.insert("f1".into(), f1(&predicted, &gold, num_classes));
+            m.insert("mcc".into(), mcc(&predicted, &gold, num_classes));
+        }
+        Predictions::Values { predicted, gold } => {
+            m.insert("pearson".into(), pearson(&predicted, &gold));
+            m.insert("spearman".into(), spearman(&predicted, &gold));
+        }
+    }
+    m
+}
+
+/// `name value` pairs with 4 decimals, comma-separated (progress lines, the programs' output).
+pub fn format_metrics(m: &Metrics) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Fraction of predictions equal to the labels (0 for empty input).
 pub fn accuracy(pred: &[usize], gold: &[usize]) -> f64 {
     if gold.is_empty() {

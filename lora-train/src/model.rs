@@ -230,6 +230,54 @@ impl Predictions {
         }
         Ok(Self::Values { predicted, gold })
     }
+
+    /// These predictions followed by `next`'s (the next evaluation batch); an error when
+    /// the kinds differ.
+    pub fn append(self, next: Predictions) -> Result<Self> {
+        Ok(match (self, next) {
+            (Self::None, Self::None) => Self::None,
+            (Self::LanguageModel, Self::LanguageModel) => Self::LanguageModel,
+            (
+                Self::Classes {
+                    mut predicted,
+                    mut gold,
+                    num_classes,
+                },
+                Self::Classes {
+                    predicted: p2,
+                    gold: g2,
+                    num_classes: n2,
+                },
+            ) => {
+                predicted.extend(p2);
+                gold.extend(g2);
+                Self::Classes {
+                    predicted,
+                    gold,
+                    num_classes: num_classes.max(n2),
+                }
+            }
+            (
+                Self::Values {
+                    mut predicted,
+                    mut gold,
+                },
+                Self::Values {
+                    predicted: p2,
+                    gold: g2,
+                },
+            ) => {
+                predicted.extend(p2);
+                gold.extend(g2);
+                Self::Values { predicted, gold }
+            }
+            _ => {
+                return Err(TrainError::Step(
+                    "eval_step returned different kinds of predictions across batches".into(),
+                ));
+            }
+        })
+    }
 }
 
 /// Mean cross-entropy of class logits (PyTorch's `cross_entropy`).
@@ -246,6 +294,14 @@ pub fn class_loss(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
 /// - `scores`, `targets`: `[batch]` → `[1]`
 pub fn mse_loss(scores: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
     (scores - targets).powf_scalar(2.0).mean()
+}
+
+/// The value of a one-element tensor (a loss), read back to the host.
+pub(crate) fn scalar(t: Tensor<1>) -> Result<f64> {
+    float_values(t, "loss")?
+        .first()
+        .copied()
+        .ok_or_else(|| TrainError::Step("the loss tensor is empty".into()))
 }
 
 /// Reads a float tensor back to the host.

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::model::float_values;
+use crate::schedule::Schedule;
 
 /// AdamW settings. Defaults are PyTorch's `torch.optim.AdamW` (betas 0.9/0.999, eps 1e-8,
 /// weight decay 0.01), with a peak learning rate of 2e-4 (a common LoRA choice) and
@@ -28,7 +29,7 @@ use crate::model::float_values;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OptimizerConfig {
-    /// Peak learning rate (the schedule scales it). Default 2e-4.
+    /// Peak learning rate (the schedule scales it, see [`AdamW::learning_rate`]). Default 2e-4.
     pub learning_rate: f64,
     /// First-moment decay. Default 0.9.
     pub beta1: f64,
@@ -443,27 +444,96 @@ struct Moments {
 /// m ← β₁m + (1 − β₁)g,  v ← β₂v + (1 − β₂)g²
 /// p ← p − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
 /// ```
+///
+/// It owns its settings: the peak learning rate, scaled at each step by its [`Schedule`], and
+/// the clipping norm.
 #[derive(Debug, Clone)]
 pub struct AdamW {
     config: OptimizerConfig,
+    schedule: Schedule,
     state: BTreeMap<String, Moments>,
+}
+
+/// [`AdamW::step`]'s traversal: each parameter with a gradient gets its update.
+struct StepMapper<'a> {
+    walk: Walk,
+    grads: &'a mut BTreeMap<String, Tensor<1>>,
+    opt: &'a mut AdamW,
+    /// The scheduled rate (before LoRA+).
+    lr: f64,
+    /// Gradient scale from clipping (1 for none).
+    clip: f64,
+}
+
+impl ModuleMapper for StepMapper<'_> {
+    fn enter_module(&mut self, name: &str, kind: &str) {
+        self.walk.enter(name, kind);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.walk.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.walk.joined();
+        let Some(g) = self.grads.remove(&path) else {
+            return param;
+        };
+        let c = self.opt.config;
+        let lr = match c.loraplus_lr_ratio {
+            Some(r) if self.walk.lora_b() => self.lr * r,
+            _ => self.lr,
+        };
+        let decay = !self.walk.no_decay() && c.weight_decay > 0.0;
+        let (id, tensor, mapper) = param.consume();
+        let dims = tensor.dims();
+        let n: usize = dims.iter().product();
+        let p: Tensor<1> = tensor.clone().inner().reshape([n]);
+        let g = if self.clip != 1.0 {
+            g.mul_scalar(self.clip)
+        } else {
+            g
+        };
+        let updated: Tensor<D> = self.opt.update(path, p, g, lr, decay).reshape(dims);
+        Param::from_mapped_value(id, restore_like(&tensor, updated), mapper)
+    }
 }
 
 /// Metadata key holding the per-parameter step counts in the optimizer file.
 const STEPS_KEY: &str = "lora_burn.adamw.steps";
 
 impl AdamW {
-    /// A fresh optimizer (no state yet).
+    /// A fresh optimizer (no state yet) at the constant rate `config.learning_rate`.
     pub fn new(config: OptimizerConfig) -> Self {
         Self {
             config,
+            schedule: Schedule::constant(),
             state: BTreeMap::new(),
         }
+    }
+
+    /// The same optimizer with its learning rate following `schedule`.
+    pub fn with_schedule(self, schedule: Schedule) -> Self {
+        Self { schedule, ..self }
     }
 
     /// Its settings.
     pub fn config(&self) -> &OptimizerConfig {
         &self.config
+    }
+
+    /// The learning rate of the update with 0-based index `step`: the peak rate
+    /// ([`OptimizerConfig::learning_rate`]) scaled by the schedule.
+    pub fn learning_rate(&self, step: usize) -> f64 {
+        self.schedule.lr(self.config.learning_rate, step)
+    }
+
+    /// The factor that brings gradients of global norm `grad_norm` down to
+    /// [`max_grad_norm`](OptimizerConfig::max_grad_norm) (PyTorch's `clip_grad_norm_`); 1 when
+    /// they are within it or clipping is off.
+    pub fn clip_scale(&self, grad_norm: f64) -> f64 {
+        match self.config.max_grad_norm {
+            Some(max) if grad_norm > max => max / (grad_norm + 1e-6),
+            _ => 1.0,
+        }
     }
 
     /// Number of parameters that have state (two moment tensors each).
@@ -486,91 +556,76 @@ impl AdamW {
         self.state.keys().cloned().collect()
     }
 
-    /// One update of every parameter of `model` that has a gradient in `grads` (flattened, by
-    /// path, e.g. from [`GradAccumulator::finish`]), after multiplying gradients by `clip`
-    /// (1.0 for none). `lr` is the scheduled rate; LoRA+ scales it for B factors.
+    /// Update number `step` (0-based, the schedule's position) of every parameter of `model`
+    /// that has a gradient in `grads` (flattened, by path, e.g. from
+    /// [`GradAccumulator::finish`]): gradients clipped to `max_grad_norm`, the scheduled
+    /// learning rate, scaled for B factors under LoRA+.
+    ///
+    /// `grad_norm` is the gradients' global norm ([`global_norm`]) when the caller has
+    /// measured it already; with `None`, it is measured here if clipping is on.
     pub fn step<M: Module>(
         &mut self,
         model: M,
         mut grads: BTreeMap<String, Tensor<1>>,
-        lr: f64,
-        clip: f64,
-    ) -> M {
-        struct StepMapper<'a> {
-            walk: Walk,
-            grads: &'a mut BTreeMap<String, Tensor<1>>,
-            opt: &'a mut AdamW,
-            lr: f64,
-            clip: f64,
-        }
-        impl ModuleMapper for StepMapper<'_> {
-            fn enter_module(&mut self, name: &str, kind: &str) {
-                self.walk.enter(name, kind);
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.walk.exit();
-            }
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                let path = self.walk.joined();
-                let Some(g) = self.grads.remove(&path) else {
-                    return param;
-                };
-                let c = self.opt.config;
-                let lr = match c.loraplus_lr_ratio {
-                    Some(r) if self.walk.lora_b() => self.lr * r,
-                    _ => self.lr,
-                };
-                let decay = !self.walk.no_decay() && c.weight_decay > 0.0;
-                let (id, tensor, mapper) = param.consume();
-                let dims = tensor.dims();
-                let n: usize = dims.iter().product();
-                let p: Tensor<1> = tensor.clone().inner().reshape([n]);
-                let g = if self.clip != 1.0 {
-                    g.mul_scalar(self.clip)
-                } else {
-                    g
-                };
-                let (b1, b2) = (c.beta1, c.beta2);
-                let m = match self.opt.state.remove(&path) {
-                    Some(s) => Moments {
-                        exp_avg: s.exp_avg.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-                        exp_avg_sq: s.exp_avg_sq.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
-                        step: s.step + 1,
-                    },
-                    None => Moments {
-                        exp_avg: g.clone().mul_scalar(1.0 - b1),
-                        exp_avg_sq: g.square().mul_scalar(1.0 - b2),
-                        step: 1,
-                    },
-                };
-                let t = m.step as i32;
-                let bc1 = 1.0 - b1.powi(t);
-                let bc2 = 1.0 - b2.powi(t);
-                let p = if decay {
-                    p.mul_scalar(1.0 - lr * c.weight_decay)
-                } else {
-                    p
-                };
-                let denom = m
-                    .exp_avg_sq
-                    .clone()
-                    .sqrt()
-                    .div_scalar(bc2.sqrt())
-                    .add_scalar(c.eps);
-                let p = p - (m.exp_avg.clone() / denom).mul_scalar(lr / bc1);
-                self.opt.state.insert(path, m);
-                let updated: Tensor<D> = p.reshape(dims);
-                Param::from_mapped_value(id, restore_like(&tensor, updated), mapper)
-            }
-        }
+        step: usize,
+        grad_norm: Option<f64>,
+    ) -> Result<M> {
+        let clip = match (self.config.max_grad_norm, grad_norm) {
+            (None, _) => 1.0,
+            (Some(_), Some(norm)) => self.clip_scale(norm),
+            (Some(_), None) => self.clip_scale(global_norm(&grads)?),
+        };
         let mut mapper = StepMapper {
             walk: Walk::default(),
             grads: &mut grads,
-            opt: self,
-            lr,
+            lr: self.learning_rate(step),
             clip,
+            opt: self,
         };
-        model.map(&mut mapper)
+        Ok(model.map(&mut mapper))
+    }
+
+    /// The AdamW update of the parameter at `path` (flattened `p`) with gradient `g`, at
+    /// learning rate `lr`, with or without weight decay; its moments advance one step.
+    fn update(
+        &mut self,
+        path: String,
+        p: Tensor<1>,
+        g: Tensor<1>,
+        lr: f64,
+        decay: bool,
+    ) -> Tensor<1> {
+        let c = self.config;
+        let (b1, b2) = (c.beta1, c.beta2);
+        let m = match self.state.remove(&path) {
+            Some(s) => Moments {
+                exp_avg: s.exp_avg.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+                exp_avg_sq: s.exp_avg_sq.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
+                step: s.step + 1,
+            },
+            None => Moments {
+                exp_avg: g.clone().mul_scalar(1.0 - b1),
+                exp_avg_sq: g.square().mul_scalar(1.0 - b2),
+                step: 1,
+            },
+        };
+        let t = m.step as i32;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        let p = if decay {
+            p.mul_scalar(1.0 - lr * c.weight_decay)
+        } else {
+            p
+        };
+        let denom = m
+            .exp_avg_sq
+            .clone()
+            .sqrt()
+            .div_scalar(bc2.sqrt())
+            .add_scalar(c.eps);
+        let p = p - (m.exp_avg.clone() / denom).mul_scalar(lr / bc1);
+        self.state.insert(path, m);
+        p
     }
 
     /// Writes the state to a safetensors file (atomically): `<path>.exp_avg` and

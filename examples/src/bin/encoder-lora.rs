@@ -437,7 +437,10 @@ fn report_held_out(out: &Path, s: &lora_train::TrainSummary, metric: &str) -> Re
         lora_core::io::write_atomic(&out.join("eval_before.json"), text.as_bytes())?;
     }
     if let Some(m) = &s.final_eval {
-        eprintln!("validation after training: {}", metric_line(m));
+        eprintln!(
+            "validation after training: {}",
+            lora_train::format_metrics(m)
+        );
         if let Some(b) = &s.initial_eval {
             // The trainer accepts an `eval_` prefix; the metrics maps are keyed without it.
             let key = metric.strip_prefix("eval_").unwrap_or(metric);
@@ -450,13 +453,6 @@ fn report_held_out(out: &Path, s: &lora_train::TrainSummary, metric: &str) -> Re
 }
 
 /// `name value` pairs of a metrics map, on one line.
-fn metric_line(m: &lora_train::Metrics) -> String {
-    m.iter()
-        .map(|(k, v)| format!("{k} {v:.4}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn train(mut a: TrainArgs) -> Result<()> {
     a.data = data_file(&a.data, "--data", "train")?;
     a.valid = match a.valid.take() {
