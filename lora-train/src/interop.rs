@@ -56,6 +56,7 @@ use burn::train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 use std::sync::{Arc, Mutex};
 
 use crate::error::TrainError;
+use crate::loss::LossConfig;
 use crate::model::TrainModel;
 #[allow(unused_imports)] // named in the docs
 use crate::{Trainer, dataset::TextDataset};
@@ -75,6 +76,8 @@ pub struct LearnerAdapter<M: Module> {
     pub inner: M,
     #[module(skip)]
     failure: StepFailure,
+    #[module(skip)]
+    loss: LossConfig,
 }
 
 /// Where a failing step reports to: burn's interrupter, and the first error's message.
@@ -116,7 +119,14 @@ impl<M: Module> LearnerAdapter<M> {
                 interrupter: interrupter.clone(),
                 first: Arc::default(),
             },
+            loss: LossConfig::default(),
         }
+    }
+
+    /// The same adapter with training steps computing their loss as `loss` says (default:
+    /// the plain loss).
+    pub fn with_loss(self, loss: LossConfig) -> Self {
+        Self { loss, ..self }
     }
 
     /// The first step error, if a step failed (training was stopped then).
@@ -163,7 +173,7 @@ where
     type Output = StepLoss;
 
     fn step(&self, batch: M::Batch) -> TrainOutput<StepLoss> {
-        match self.inner.train_step(&batch) {
+        match self.inner.train_step(&batch, &self.loss) {
             Ok(out) => {
                 let grads = out.loss.backward();
                 TrainOutput::new(self, grads, StepLoss { loss: out.loss })

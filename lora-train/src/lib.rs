@@ -65,6 +65,7 @@ pub mod dataset;
 pub mod error;
 pub mod interop;
 pub mod lm;
+pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
@@ -86,10 +87,10 @@ pub use dataset::{
 };
 pub use error::{Result, TrainError};
 pub use interop::{LearnerAdapter, StepLoss};
+pub use loss::{LossConfig, class_loss, mse_loss};
 pub use metrics::{Metrics, format_metrics};
 pub use model::{
-    BatchSource, EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, class_loss,
-    mse_loss, plain_grads,
+    BatchSource, EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, plain_grads,
 };
 pub use optim::{AdamW, OptimizerConfig};
 pub use plot::plot_curves;

@@ -9,6 +9,7 @@ use lora_models::loss::causal_lm_loss;
 
 use crate::dataset::TextBatch;
 use crate::error::{Result, TrainError};
+use crate::loss::LossConfig;
 use crate::model::{
     EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, plain_grads,
 };
@@ -24,21 +25,21 @@ impl TrainModel for Gpt2LmHeadModel {
         })
     }
 
-    /// Mean next-token cross-entropy over the completion tokens, with the model's
-    /// [`label_smoothing`](Gpt2LmHeadModel::label_smoothing).
+    /// Mean next-token cross-entropy over the completion tokens, with `loss`'s label
+    /// smoothing.
     ///
     /// # Shapes
     /// - `batch.input_ids`, `batch.attention_mask`, token labels: `[batch, seq]`
     /// - logits (internal): `[batch, seq, vocab]`
     /// - loss: `[1]`, over `batch.num_targets` tokens
-    fn train_step(&self, batch: &TextBatch) -> Result<LossOutput> {
+    fn train_step(&self, batch: &TextBatch, loss: &LossConfig) -> Result<LossOutput> {
         let labels = batch.token_labels()?;
         if batch.num_targets == 0 {
             return Err(TrainError::Step("the batch has no target token".into()));
         }
         let logits = self.forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))?;
         Ok(LossOutput::new(
-            causal_lm_loss(logits, labels, self.label_smoothing),
+            causal_lm_loss(logits, labels, loss.label_smoothing),
             batch.num_targets,
         ))
     }
@@ -46,14 +47,14 @@ impl TrainModel for Gpt2LmHeadModel {
     /// [`train_step`](TrainModel::train_step) and its backward, or, with the model's
     /// [`memory`](Gpt2LmHeadModel::memory) options set, the same gradients computed in segments
     /// ([`Gpt2LmHeadModel::loss_and_grads`]).
-    fn train_grads(&self, batch: &TextBatch) -> Result<StepGrads> {
+    fn train_grads(&self, batch: &TextBatch, loss: &LossConfig) -> Result<StepGrads> {
         if self.memory.is_plain() {
-            return plain_grads(self, batch);
+            return plain_grads(self, batch, loss);
         }
         let labels = batch.token_labels()?;
         let (ids, mask) = (batch.input_ids.clone(), batch.attention_mask.clone());
         let step =
-            self.loss_and_grads(ids, Some(mask), labels, self.label_smoothing, self.memory)?;
+            self.loss_and_grads(ids, Some(mask), labels, loss.label_smoothing, self.memory)?;
         Ok(StepGrads {
             loss: step.loss,
             count: step.count,

@@ -10,6 +10,7 @@ use lora_core::LoraConfig;
 use lora_core::weight::PathMap;
 
 use crate::error::{Result, TrainError};
+use crate::loss::LossConfig;
 
 /// A model the [`Trainer`](crate::Trainer) can fine-tune: any burn [`Module`] that turns a
 /// batch into a loss.
@@ -25,7 +26,9 @@ use crate::error::{Result, TrainError};
 /// ```no_run
 /// use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 /// use burn::prelude::*;
-/// use lora_train::{EvalOutput, LossOutput, Predictions, TextBatch, TrainModel, class_loss};
+/// use lora_train::{
+///     EvalOutput, LossConfig, LossOutput, Predictions, TextBatch, TrainModel, class_loss,
+/// };
 ///
 /// /// Mean of the token embeddings, then a linear head: plain burn-nn.
 /// #[derive(Module, Debug)]
@@ -45,7 +48,7 @@ use crate::error::{Result, TrainError};
 /// impl TrainModel for BagOfWords {
 ///     type Batch = TextBatch;
 ///
-///     fn train_step(&self, batch: &TextBatch) -> lora_train::Result<LossOutput> {
+///     fn train_step(&self, batch: &TextBatch, _: &LossConfig) -> lora_train::Result<LossOutput> {
 ///         let logits = self.forward(batch.input_ids.clone());
 ///         Ok(LossOutput::new(class_loss(logits, batch.class_labels()?), batch.len()))
 ///     }
@@ -64,21 +67,23 @@ pub trait TrainModel: Module {
     /// The batch type the model consumes (e.g. [`TextBatch`](crate::TextBatch)).
     type Batch;
 
-    /// Training forward pass (dropout active). The model's tensors are on an autodiff device.
+    /// Training forward pass (dropout active), with the loss computed as `loss` says (a model
+    /// whose loss has no such setting ignores it). The model's tensors are on an autodiff
+    /// device.
     ///
     /// Returns the **mean** loss over [`LossOutput::count`] items (tokens for a language model,
     /// examples for a classifier); the trainer weights micro-batches by that count, so
     /// gradient accumulation gives exactly the gradient of the whole batch.
-    fn train_step(&self, batch: &Self::Batch) -> Result<LossOutput>;
+    fn train_step(&self, batch: &Self::Batch, loss: &LossConfig) -> Result<LossOutput>;
 
     /// The training step's loss and gradients. The default runs [`train_step`](Self::train_step)
     /// and one backward; a model that computes its gradients in segments (activation
     /// checkpointing, a chunked loss) overrides it.
-    fn train_grads(&self, batch: &Self::Batch) -> Result<StepGrads>
+    fn train_grads(&self, batch: &Self::Batch, loss: &LossConfig) -> Result<StepGrads>
     where
         Self: Sized,
     {
-        plain_grads(self, batch)
+        plain_grads(self, batch, loss)
     }
 
     /// Evaluation forward pass, on the model's `valid()` copy (no autodiff, no dropout):
@@ -126,8 +131,12 @@ impl LossOutput {
 
 /// [`TrainModel::train_step`] and one backward: the default
 /// [`train_grads`](TrainModel::train_grads).
-pub fn plain_grads<M: TrainModel>(model: &M, batch: &M::Batch) -> Result<StepGrads> {
-    let output = model.train_step(batch)?;
+pub fn plain_grads<M: TrainModel>(
+    model: &M,
+    batch: &M::Batch,
+    loss: &LossConfig,
+) -> Result<StepGrads> {
+    let output = model.train_step(batch, loss)?;
     let grads = output.loss.backward();
     Ok(StepGrads {
         loss: output.loss.detach(),
@@ -278,22 +287,6 @@ impl Predictions {
             }
         })
     }
-}
-
-/// Mean cross-entropy of class logits (PyTorch's `cross_entropy`).
-///
-/// # Shapes
-/// - `logits`: `[batch, num_classes]`, `labels`: `[batch]` → `[1]`
-pub fn class_loss(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    lora_models::loss::cross_entropy(logits, labels, 0.0)
-}
-
-/// Mean squared error (PyTorch's `mse_loss`, as Hugging Face uses for one-label regression).
-///
-/// # Shapes
-/// - `scores`, `targets`: `[batch]` → `[1]`
-pub fn mse_loss(scores: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
-    (scores - targets).powf_scalar(2.0).mean()
 }
 
 /// The value of a one-element tensor (a loss), read back to the host.

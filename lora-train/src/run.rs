@@ -287,7 +287,7 @@ impl<'a, D: BatchSource> Fit<'a, D> {
             let batch = self.inputs.train.batch(indices, &self.train_device)?;
             self.train_device
                 .seed(derive_seed(seed, &[step as u64, micro as u64]));
-            let output = model.train_grads(&batch)?;
+            let output = model.train_grads(&batch, &self.config().loss)?;
             if output.count == 0 {
                 return Err(TrainError::Step(
                     "train_step returned a loss over 0 items".into(),

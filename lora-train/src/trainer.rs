@@ -10,6 +10,7 @@ use lora_core::LoraConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::loss::LossConfig;
 use crate::metrics::{self, Metrics};
 use crate::model::{BatchSource, EvalOutput, Predictions, TrainModel, scalar};
 use crate::optim::OptimizerConfig;
@@ -59,6 +60,9 @@ pub struct TrainerConfig {
     pub optimizer: OptimizerConfig,
     /// Learning-rate schedule. Default: linear decay, no warmup.
     pub schedule: ScheduleConfig,
+    /// How the training loss is computed (label smoothing), passed to every training step.
+    /// Default: the plain loss.
+    pub loss: LossConfig,
     /// Seed of data order and dropout. Default 42.
     pub seed: u64,
     /// Shuffle each epoch. Default true.
@@ -119,6 +123,7 @@ impl Default for TrainerConfig {
             gradient_accumulation_steps: 1,
             optimizer: OptimizerConfig::default(),
             schedule: ScheduleConfig::default(),
+            loss: LossConfig::default(),
             seed: 42,
             shuffle: true,
             group_by_length: false,
@@ -183,6 +188,7 @@ impl TrainerConfig {
         if self.adapter_name.is_empty() {
             return Err(TrainError::config("adapter_name", "must not be empty"));
         }
+        self.loss.validate()?;
         self.optimizer.validate()
     }
 

@@ -200,10 +200,6 @@ lora_sites!(Gpt2Model { wte, h });
 pub struct Gpt2LmHeadModel {
     /// The body, under Hugging Face's `transformer.` prefix.
     pub transformer: Gpt2Model,
-    /// Label smoothing ε of the training loss (0 = none; the LoRA paper's E2E setup uses 0.1).
-    /// A training setting kept with the model, like its dropout rates; evaluation ignores it.
-    #[module(skip)]
-    pub label_smoothing: f64,
     /// How the training step trades compute for memory (activation checkpointing, a chunked
     /// loss; see [`MemoryOptions`](super::MemoryOptions)). Off by default; inference ignores it.
     #[module(skip)]
@@ -260,7 +256,6 @@ impl Gpt2Config {
             })
             .collect();
         Gpt2LmHeadModel {
-            label_smoothing: 0.0,
             memory: super::MemoryOptions::default(),
             transformer: Gpt2Model {
                 wte: LoraEmbedding::from_embedding(embedding(self.vocab_size)),
@@ -399,12 +394,6 @@ impl Gpt2Model {
 }
 
 impl Gpt2LmHeadModel {
-    /// Sets the label smoothing of the training loss (see [`label_smoothing`](Self::label_smoothing)).
-    pub fn with_label_smoothing(mut self, epsilon: f64) -> Self {
-        self.label_smoothing = epsilon;
-        self
-    }
-
     /// Sets how the training step trades compute for memory (see [`memory`](Self::memory)).
     pub fn with_memory(mut self, options: super::MemoryOptions) -> Self {
         self.memory = options;

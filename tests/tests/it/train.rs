@@ -21,10 +21,10 @@ use lora_train::checkpoint::{
 };
 use lora_train::optim::{GradAccumulator, trainable_params, trainable_values};
 use lora_train::{
-    AdamW, BatchSource, Columns, DataConfig, EvalOutput, ItemTarget, LossOutput, OptimizerConfig,
-    Predictions, ProgressMode, Resume, ScheduleConfig, ScheduleKind, StopReason, TargetKind, Task,
-    TextBatch, TextDataset, TextItem, TrainError, TrainModel, Trainer, TrainerConfig, TrainerState,
-    Warmup, class_loss, load_text_datasets, metrics,
+    AdamW, BatchSource, Columns, DataConfig, EvalOutput, ItemTarget, LossConfig, LossOutput,
+    OptimizerConfig, Predictions, ProgressMode, Resume, ScheduleConfig, ScheduleKind, StopReason,
+    TargetKind, Task, TextBatch, TextDataset, TextItem, TrainError, TrainModel, Trainer,
+    TrainerConfig, TrainerState, Warmup, class_loss, load_text_datasets, metrics,
 };
 
 use crate::common::{Tiny, devices, fixture, host, toy_classes};
@@ -519,7 +519,7 @@ fn only_trainable_parameters_have_optimizer_state() {
             max_grad_norm: None,
             ..Default::default()
         });
-        let out = model.train_step(&batch).unwrap();
+        let out = model.train_step(&batch, &LossConfig::default()).unwrap();
         let mut acc = GradAccumulator::new();
         acc.add(&model, out.loss.backward(), out.count);
         let updated = optim.step(model.clone(), acc.finish(), 0, None).unwrap();
@@ -685,7 +685,7 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 impl TrainModel for Tiny {
     type Batch = TextBatch;
 
-    fn train_step(&self, batch: &TextBatch) -> lora_train::Result<LossOutput> {
+    fn train_step(&self, batch: &TextBatch, _: &LossConfig) -> lora_train::Result<LossOutput> {
         let logits = self.forward(batch.input_ids.clone());
         Ok(LossOutput::new(
             class_loss(logits, batch.class_labels()?),
@@ -1193,9 +1193,14 @@ fn label_smoothing_applies_to_training_only() {
     let (train, _) = lm_data(32);
     let batch = lora_train::BatchSource::batch(&train, &[0, 1, 2], &device).unwrap();
     let model = gpt2(&fixture("gpt2/tiny-a"), &device);
-    let plain = model.train_step(&batch).unwrap().loss;
-    let smoothed_model = model.clone().with_label_smoothing(0.1);
-    let smoothed = smoothed_model.train_step(&batch).unwrap().loss;
+    let plain = model
+        .train_step(&batch, &LossConfig::default())
+        .unwrap()
+        .loss;
+    let smoothing = LossConfig {
+        label_smoothing: 0.1,
+    };
+    let smoothed = model.train_step(&batch, &smoothing).unwrap().loss;
     let logits = model
         .forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))
         .unwrap();
@@ -1207,7 +1212,7 @@ fn label_smoothing_applies_to_training_only() {
     );
     assert!((s - w).abs() <= 1e-6 * w.abs(), "smoothed {s} vs {w}");
     assert!((s - p).abs() > 1e-3, "smoothing changes the training loss");
-    let eval = smoothed_model.eval_step(&batch).unwrap().loss;
+    let eval = model.eval_step(&batch).unwrap().loss;
     assert!(
         (host(eval).data[0] - p).abs() <= 1e-6 * p.abs(),
         "eval ignores smoothing"
