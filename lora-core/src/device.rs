@@ -86,18 +86,3 @@ fn probe_pinned(device: Device) -> Result<Device> {
     })?;
     Ok(device)
 }
-
-/// The CPU devices of this build plus wgpu when an adapter exists, with their names: what the
-/// test-suite runs every backend-generic check on.
-pub fn test_devices() -> Vec<(&'static str, Device)> {
-    let mut out = Vec::new();
-    for name in ["flex", "ndarray"] {
-        if let Ok(d) = parse_device(name) {
-            out.push((name, d));
-        }
-    }
-    if let Ok(d) = wgpu_device() {
-        out.push(("wgpu", d));
-    }
-    out
-}

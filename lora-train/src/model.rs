@@ -20,7 +20,7 @@ use crate::loss::LossConfig;
 /// [`save_adapter`](Self::save_adapter) (override [`peft_paths`](Self::peft_paths) when your field
 /// names differ from the PyTorch module names). Models written with
 /// [`LoraLinear`](lora_core::LoraLinear) (the factored fast path) override `save_adapter` with
-/// [`lora_core::save_adapter`]; [`lm`](crate::lm) does so for GPT-2's causal LM. A sequence
+/// [`lora_core::save_adapter`]; lora-models' GPT-2 does so. A sequence
 /// classifier takes a few lines with [`class_loss`] and [`Predictions::from_logits`]:
 ///
 /// ```no_run
@@ -315,42 +315,6 @@ pub(crate) fn int_values<const D: usize>(t: Tensor<D, Int>, what: &str) -> Resul
             what: what.to_string(),
             reason: format!("{e:?}"),
         })
-}
-
-/// A dataset the trainer draws batches from: indexable items, each with a length (for
-/// length-grouped batching and tokens/s), turned into a model batch on demand.
-///
-/// [`TextDataset`](crate::TextDataset) implements it with [`TextBatch`](crate::TextBatch).
-pub trait BatchSource {
-    /// The batch type it produces.
-    type Batch;
-
-    /// Number of items.
-    fn len(&self) -> usize;
-
-    /// Whether there is no item.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Length of item `index` in tokens (1 if the notion does not apply).
-    fn item_len(&self, index: usize) -> usize;
-
-    /// Builds the batch of the items at `indices` (in that order) on `device`.
-    fn batch(&self, indices: &[usize], device: &Device) -> Result<Self::Batch>;
-
-    /// A fingerprint of the contents: a checkpoint refuses to resume on different data.
-    /// `0` (the default) disables the check.
-    fn fingerprint(&self) -> u64 {
-        0
-    }
-
-    /// Errors if an item holds a token id outside `limits` (nothing to check by default);
-    /// `dataset` names the data in the error (e.g. `training data`).
-    fn check_ids(&self, limits: &IdLimits, dataset: &str) -> Result<()> {
-        let _ = (limits, dataset);
-        Ok(())
-    }
 }
 
 /// The token-id ranges a model's embeddings accept.

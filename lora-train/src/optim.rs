@@ -17,6 +17,7 @@ use burn::tensor::Gradients;
 use lora_core::io::{
     HostTensor, parse_safetensors, read_file, serialize_safetensors, view_to_host, write_atomic,
 };
+use lora_core::model::PathWalk;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -115,49 +116,23 @@ pub struct TrainableParam {
     pub lora_b: bool,
 }
 
-/// Tracks the dotted path and the owning module types during a traversal.
-#[derive(Default)]
-struct Walk {
-    path: Vec<String>,
-    kinds: Vec<String>,
+/// Whether the parameter `walk` is at takes no weight decay: a bias, or a normalization
+/// module's parameter.
+fn no_decay(walk: &PathWalk) -> bool {
+    let leaf = walk.segments().last().map_or("", String::as_str);
+    leaf == "bias" || walk.owner_kind().ends_with("Norm")
 }
 
-impl Walk {
-    fn enter(&mut self, name: &str, kind: &str) {
-        self.path.push(name.to_string());
-        self.kinds.push(kind.to_string());
-    }
-    fn exit(&mut self) {
-        self.path.pop();
-        self.kinds.pop();
-    }
-    fn joined(&self) -> String {
-        self.path.join(".")
-    }
-    fn no_decay(&self) -> bool {
-        let leaf = self.path.last().map_or("", String::as_str);
-        // burn enters each field with the type of the struct holding it: the innermost
-        // non-container entry is the parameter's owner.
-        let owner = self
-            .kinds
-            .iter()
-            .rev()
-            .find(|k| !matches!(k.as_str(), "Vec" | "Array" | "Tuple"))
-            .map_or("", String::as_str);
-        leaf == "bias" || owner.ends_with("Norm")
-    }
-    fn lora_b(&self) -> bool {
-        self.path
-            .iter()
-            .any(|s| s == "lora_b" || s == "lora_embedding_b")
-    }
+/// Whether the parameter `walk` is at is a LoRA B factor (LoRA+ applies).
+fn lora_b(walk: &PathWalk) -> bool {
+    (walk.segments().iter()).any(|s| s == "lora_b" || s == "lora_embedding_b")
 }
 
 /// Every parameter that requires a gradient (the model must be in training mode, on an
 /// autodiff device), in traversal order.
 pub fn trainable_params<M: Module>(model: &M) -> Vec<TrainableParam> {
     struct V {
-        walk: Walk,
+        walk: PathWalk,
         out: Vec<TrainableParam>,
     }
     impl ModuleVisitor for V {
@@ -172,14 +147,14 @@ pub fn trainable_params<M: Module>(model: &M) -> Vec<TrainableParam> {
                 self.out.push(TrainableParam {
                     path: self.walk.joined(),
                     shape: param.lazy_shape().to_vec(),
-                    no_decay: self.walk.no_decay(),
-                    lora_b: self.walk.lora_b(),
+                    no_decay: no_decay(&self.walk),
+                    lora_b: lora_b(&self.walk),
                 });
             }
         }
     }
     let mut v = V {
-        walk: Walk::default(),
+        walk: PathWalk::default(),
         out: Vec::new(),
     };
     model.visit(&mut v);
@@ -189,7 +164,7 @@ pub fn trainable_params<M: Module>(model: &M) -> Vec<TrainableParam> {
 /// Host copies of the trainable parameters, keyed by burn path.
 pub fn trainable_values<M: Module>(model: &M) -> Result<Vec<(String, HostTensor)>> {
     struct V {
-        walk: Walk,
+        walk: PathWalk,
         out: Vec<Result<(String, HostTensor)>>,
     }
     impl ModuleVisitor for V {
@@ -209,7 +184,7 @@ pub fn trainable_values<M: Module>(model: &M) -> Result<Vec<(String, HostTensor)
         }
     }
     let mut v = V {
-        walk: Walk::default(),
+        walk: PathWalk::default(),
         out: Vec::new(),
     };
     model.visit(&mut v);
@@ -256,7 +231,7 @@ pub fn set_trainable_values<M: Module>(
         )));
     }
     struct SetMapper<'a> {
-        walk: Walk,
+        walk: PathWalk,
         values: &'a HashMap<String, HostTensor>,
     }
     impl ModuleMapper for SetMapper<'_> {
@@ -283,7 +258,7 @@ pub fn set_trainable_values<M: Module>(
         }
     }
     let mut mapper = SetMapper {
-        walk: Walk::default(),
+        walk: PathWalk::default(),
         values,
     };
     Ok(model.map(&mut mapper))
@@ -338,7 +313,7 @@ impl GradAccumulator {
     /// pass of a segmented step): each parameter's parts are summed first.
     pub fn add_parts<M: Module>(&mut self, model: &M, parts: Vec<Gradients>, count: usize) {
         struct V<'a> {
-            walk: Walk,
+            walk: PathWalk,
             parts: Vec<Gradients>,
             sums: &'a mut BTreeMap<String, Tensor<1>>,
             /// `None` for the first micro-batch (stored unweighted).
@@ -385,7 +360,7 @@ impl GradAccumulator {
                 .collect();
         }
         let mut v = V {
-            walk: Walk::default(),
+            walk: PathWalk::default(),
             parts,
             sums: &mut self.sums,
             weight: (self.micro > 0).then_some(count as f64),
@@ -456,7 +431,7 @@ pub struct AdamW {
 
 /// [`AdamW::step`]'s traversal: each parameter with a gradient gets its update.
 struct StepMapper<'a> {
-    walk: Walk,
+    walk: PathWalk,
     grads: &'a mut BTreeMap<String, Tensor<1>>,
     opt: &'a mut AdamW,
     /// The scheduled rate (before LoRA+).
@@ -479,10 +454,10 @@ impl ModuleMapper for StepMapper<'_> {
         };
         let c = self.opt.config;
         let lr = match c.loraplus_lr_ratio {
-            Some(r) if self.walk.lora_b() => self.lr * r,
+            Some(r) if lora_b(&self.walk) => self.lr * r,
             _ => self.lr,
         };
-        let decay = !self.walk.no_decay() && c.weight_decay > 0.0;
+        let decay = !no_decay(&self.walk) && c.weight_decay > 0.0;
         let (id, tensor, mapper) = param.consume();
         let dims = tensor.dims();
         let n: usize = dims.iter().product();
@@ -576,7 +551,7 @@ impl AdamW {
             (Some(_), None) => self.clip_scale(global_norm(&grads)?),
         };
         let mut mapper = StepMapper {
-            walk: Walk::default(),
+            walk: PathWalk::default(),
             grads: &mut grads,
             lr: self.learning_rate(step),
             clip,

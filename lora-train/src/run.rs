@@ -14,9 +14,10 @@ use crate::checkpoint::{
     FORMAT_VERSION, OPTIMIZER_FILE, TRAINABLE_FILE, TrainerState, latest_checkpoint,
     list_checkpoints, prune_checkpoints, remove_stale, save_checkpoint, write_dir_atomic,
 };
+use crate::dataset::BatchSource;
 use crate::error::{Result, TrainError};
 use crate::metrics::{Metrics, format_metrics};
-use crate::model::{BatchSource, TrainModel, scalar};
+use crate::model::{TrainModel, scalar};
 use crate::optim::{
     AdamW, GradAccumulator, TrainableParam, global_norm, set_trainable_values, trainable_params,
     trainable_values,

@@ -9,10 +9,11 @@ use burn::prelude::*;
 use lora_core::LoraConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::dataset::BatchSource;
 use crate::error::{Result, TrainError};
 use crate::loss::LossConfig;
-use crate::metrics::{self, Metrics};
-use crate::model::{BatchSource, EvalOutput, Predictions, TrainModel, scalar};
+use crate::metrics::{self, Metric, Metrics};
+use crate::model::{EvalOutput, Predictions, TrainModel, scalar};
 use crate::optim::OptimizerConfig;
 use crate::progress::ProgressMode;
 use crate::run::{Fit, Inputs};
@@ -85,9 +86,9 @@ pub struct TrainerConfig {
     /// Keep only this many newest checkpoints. Default `Some(2)`.
     pub save_total_limit: Option<usize>,
     /// The evaluation metric that decides the best adapter (saved to `<output_dir>/best`)
-    /// and early stopping: `loss`, `perplexity`, `accuracy`, `f1`, `mcc`, `pearson`,
-    /// `spearman` (an `eval_` prefix is accepted). Default `loss`.
-    pub metric_for_best: String,
+    /// and early stopping (in files: `loss`, `accuracy`, ..., an `eval_` prefix accepted).
+    /// Default [`Metric::Loss`].
+    pub metric_for_best: Metric,
     /// Whether larger is better for that metric. Default `None`: false for `loss` and
     /// `perplexity`, true otherwise.
     pub greater_is_better: Option<bool>,
@@ -133,7 +134,7 @@ impl Default for TrainerConfig {
             save_steps: None,
             save_each_epoch: true,
             save_total_limit: Some(2),
-            metric_for_best: "loss".into(),
+            metric_for_best: Metric::Loss,
             greater_is_better: None,
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
@@ -192,15 +193,15 @@ impl TrainerConfig {
         self.optimizer.validate()
     }
 
-    pub(crate) fn best_key(&self) -> &str {
-        self.metric_for_best
-            .strip_prefix("eval_")
-            .unwrap_or(&self.metric_for_best)
+    /// The key of [`metric_for_best`](Self::metric_for_best) in [`Metrics`].
+    pub(crate) fn best_key(&self) -> &'static str {
+        self.metric_for_best.name()
     }
 
+    /// [`greater_is_better`](Self::greater_is_better), or the metric's own direction.
     pub(crate) fn greater_is_better(&self) -> bool {
         self.greater_is_better
-            .unwrap_or(!matches!(self.best_key(), "loss" | "perplexity"))
+            .unwrap_or(self.metric_for_best.greater_is_better())
     }
 }
 
@@ -294,21 +295,16 @@ impl Interrupter {
 /// Fine-tunes a [`TrainModel`] on a [`BatchSource`].
 ///
 /// ```no_run
-/// # fn main() -> Result<(), lora_train::TrainError> {
+/// # fn run<M: lora_train::TrainModel<Batch = lora_train::TextBatch>>(
+/// #     model: M, lora: &lora_core::LoraConfig, tokenizer: &impl lora_train::Tokenizer,
+/// # ) -> lora_train::Result<()> {
 /// use burn::prelude::*;
-/// use lora_core::LoraConfig;
-/// use lora_models::{TextTokenizer, gpt2::{CAttnMode, Gpt2LmHeadModel, inject_gpt2_lora}};
 /// use lora_train::{Columns, DataConfig, Trainer, TrainerConfig, load_text_datasets};
 ///
-/// let device = Device::flex();
-/// device.seed(42);
-/// let (model, _) = Gpt2LmHeadModel::from_pretrained("gpt2", &device)?;
-/// let (model, lora) = inject_gpt2_lora(model, &LoraConfig::new(4, 32.0, &["c_attn"]), "default", CAttnMode::Fused)?;
-/// let tokenizer = TextTokenizer::from_dir("gpt2")?;
 /// let data = DataConfig { columns: Columns::e2e("text"), max_length: 128, ..Default::default() };
-/// let (train, valid) = load_text_datasets("e2e/train.txt".as_ref(), None, &data, &tokenizer)?;
+/// let (train, valid) = load_text_datasets("e2e/train.txt".as_ref(), None, &data, tokenizer)?;
 /// let config = TrainerConfig { output_dir: "out".into(), num_epochs: 5, ..Default::default() };
-/// let trained = Trainer::new(config, device)?.fit(model, &lora, &train, valid.as_ref())?;
+/// let trained = Trainer::new(config, Device::flex())?.fit(model, lora, &train, valid.as_ref())?;
 /// println!("{:?} after {} steps", trained.summary.final_eval, trained.summary.global_step);
 /// # Ok(())
 /// # }

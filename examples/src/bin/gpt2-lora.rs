@@ -559,7 +559,7 @@ fn group_mrs(records: Vec<lora_train::Record>) -> Vec<Mr> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut mrs: Vec<Mr> = Vec::new();
     for r in records {
-        let lora_train::data::RawTarget::Completion(reference) = r.target else {
+        let lora_train::records::RawTarget::Completion(reference) = r.target else {
             continue;
         };
         let key = r.text.trim().to_string();

@@ -8,7 +8,8 @@ use burn::tensor::activation::softmax;
 
 use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, linear_rows, lora_sites};
 
-use super::config::{Activation, Gpt2Config};
+use super::config::Gpt2Config;
+use crate::activation::Activation;
 use crate::error::{ModelError, Result};
 use crate::init::{hf_embedding, hf_linear};
 

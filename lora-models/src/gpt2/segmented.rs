@@ -11,7 +11,7 @@ use lora_core::linear_rows;
 use super::model::{Gpt2LmHeadModel, Gpt2Model};
 use crate::checkpoint::{self, Stack, grad_of, push_vjp};
 use crate::error::{ModelError, Result};
-use crate::loss::{IGNORE_INDEX, cross_entropy_sum};
+use lora_train::loss::{IGNORE_INDEX, cross_entropy_sum};
 
 /// How a training step trades compute for memory. Both are off by default (one forward, one
 /// backward, everything kept).

@@ -15,10 +15,10 @@ use lora_core::{
 };
 use lora_models::TextTokenizer;
 use lora_models::gpt2::{CAttnMode, Gpt2LmHeadModel, inject_gpt2_lora};
-use lora_models::loss::IGNORE_INDEX;
 use lora_train::checkpoint::{
     OPTIMIZER_FILE, TRAINABLE_FILE, latest_checkpoint, list_checkpoints, save_checkpoint,
 };
+use lora_train::loss::IGNORE_INDEX;
 use lora_train::optim::{GradAccumulator, trainable_params, trainable_values};
 use lora_train::{
     AdamW, BatchSource, Columns, DataConfig, EvalOutput, ItemTarget, LossConfig, LossOutput,
@@ -725,7 +725,7 @@ fn classifier_trains_evaluates_and_stops_early() {
     let config = TrainerConfig {
         num_epochs: 10,
         batch_size: 8,
-        metric_for_best: "accuracy".into(),
+        metric_for_best: lora_train::Metric::Accuracy,
         eval_each_epoch: true,
         optimizer: OptimizerConfig {
             learning_rate: 3e-2,
@@ -771,7 +771,7 @@ fn classifier_trains_evaluates_and_stops_early() {
     let frozen = TrainerConfig {
         output_dir: out2.path().to_path_buf(),
         early_stopping_patience: Some(2),
-        metric_for_best: "loss".into(),
+        metric_for_best: lora_train::Metric::Loss,
         optimizer: OptimizerConfig {
             learning_rate: 0.0,
             ..Default::default()
@@ -787,7 +787,7 @@ fn classifier_trains_evaluates_and_stops_early() {
     // An unknown metric for this task is a clear error.
     let out3 = tempfile::tempdir().unwrap();
     let bad = TrainerConfig {
-        metric_for_best: "pearson".into(),
+        metric_for_best: lora_train::Metric::Pearson,
         max_steps: Some(1),
         ..quiet(out3.path())
     };
@@ -836,7 +836,7 @@ fn encoders_fine_tune_on_classification_and_regression() {
         num_epochs: 10,
         batch_size: 3,
         eval_each_epoch: true,
-        metric_for_best: "mcc".into(),
+        metric_for_best: lora_train::Metric::Mcc,
         optimizer: OptimizerConfig {
             learning_rate: 1e-2,
             ..Default::default()
@@ -916,7 +916,7 @@ fn encoders_fine_tune_on_classification_and_regression() {
     let config = TrainerConfig {
         num_epochs: 15,
         batch_size: 2,
-        metric_for_best: "pearson".into(),
+        metric_for_best: lora_train::Metric::Pearson,
         optimizer: OptimizerConfig {
             learning_rate: 1e-2,
             ..Default::default()
@@ -1204,7 +1204,7 @@ fn label_smoothing_applies_to_training_only() {
     let logits = model
         .forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))
         .unwrap();
-    let want = lora_models::loss::causal_lm_loss(logits, batch.token_labels().unwrap(), 0.1);
+    let want = lora_train::loss::causal_lm_loss(logits, batch.token_labels().unwrap(), 0.1);
     let (p, s, w) = (
         host(plain).data[0],
         host(smoothed).data[0],

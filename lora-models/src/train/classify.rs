@@ -1,23 +1,22 @@
-//! Sequence classification and regression with the encoders of lora-models:
+//! Sequence classification and regression with the encoders:
 //! [`TrainModel`] for [`RobertaForSequenceClassification`] and [`BertForSequenceClassification`]
 //! on [`TextBatch`]es with class or value targets, plus the two helpers any classifier can use.
 //!
 //! The data's classes must be the head's labels, in order: name them with
-//! [`Task::Classification`](crate::Task::Classification)`{ labels: Some(..) }` taken from the
+//! [`Task::Classification`](lora_train::Task::Classification)`{ labels: Some(..) }` taken from the
 //! checkpoint's `id2label` when the file's labels are names. A one-label head is a regression
 //! head (MSE on its score, as transformers does).
 
 use burn::prelude::*;
 use lora_core::LoraLayer;
-use lora_models::bert::{
-    BertForSequenceClassification, RobertaForSequenceClassification, checkpointed_step,
+use lora_train::loss::{cross_entropy, mse_loss};
+use lora_train::{
+    BatchTargets, EvalOutput, IdLimits, LossConfig, LossOutput, Predictions, Result, StepGrads,
+    TextBatch, TrainError, TrainModel, plain_grads,
 };
 
-use crate::dataset::{BatchTargets, TextBatch};
-use crate::error::{Result, TrainError};
-use crate::loss::{LossConfig, mse_loss};
-use crate::model::{
-    EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, plain_grads,
+use crate::bert::{
+    BertForSequenceClassification, RobertaForSequenceClassification, checkpointed_step,
 };
 
 /// The loss of a classification or regression head against the batch's targets: cross-entropy
@@ -40,11 +39,7 @@ pub fn head_loss(logits: Tensor<2>, batch: &TextBatch, loss: &LossConfig) -> Res
                      (name the labels as the checkpoint's id2label, or load with num_labels = {num_classes})"
                 )));
             }
-            Ok(lora_models::loss::cross_entropy(
-                logits,
-                labels.clone(),
-                loss.label_smoothing,
-            ))
+            Ok(cross_entropy(logits, labels.clone(), loss.label_smoothing))
         }
         BatchTargets::Values { values, .. } => {
             if n != 1 {

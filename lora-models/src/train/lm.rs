@@ -4,15 +4,13 @@
 use std::path::Path;
 
 use lora_core::{LoraConfig, LoraLayer};
-use lora_models::gpt2::Gpt2LmHeadModel;
-use lora_models::loss::causal_lm_loss;
-
-use crate::dataset::TextBatch;
-use crate::error::{Result, TrainError};
-use crate::loss::LossConfig;
-use crate::model::{
-    EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, plain_grads,
+use lora_train::loss::causal_lm_loss;
+use lora_train::{
+    EvalOutput, IdLimits, LossConfig, LossOutput, Predictions, Result, StepGrads, TextBatch,
+    TrainError, TrainModel, plain_grads,
 };
+
+use crate::gpt2::Gpt2LmHeadModel;
 
 impl TrainModel for Gpt2LmHeadModel {
     type Batch = TextBatch;
