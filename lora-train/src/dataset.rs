@@ -12,7 +12,7 @@ use crate::records::LabelMap;
 /// A dataset the trainer draws batches from: indexable items, each with a length (for
 /// length-grouped batching and tokens/s), turned into a model batch on demand.
 ///
-/// [`TextDataset`](crate::TextDataset) implements it with [`TextBatch`](crate::TextBatch).
+/// [`TextDataset`] implements it with [`TextBatch`].
 pub trait BatchSource {
     /// The batch type it produces.
     type Batch;
@@ -149,7 +149,7 @@ impl TextDataset {
         Ok(ds)
     }
 
-    /// A burn [`Batcher`] for this dataset's items.
+    /// A burn [`Batcher`](burn::data::dataloader::batcher::Batcher) for this dataset's items.
     pub fn batcher(&self) -> TextBatcher {
         TextBatcher {
             pad_id: self.pad_id,

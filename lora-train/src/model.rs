@@ -1,5 +1,5 @@
 //! What the trainer needs from a model and from a dataset: the [`TrainModel`] and
-//! [`BatchSource`] traits and the outputs of a step.
+//! [`BatchSource`](crate::BatchSource) traits and the outputs of a step.
 
 use std::path::Path;
 
@@ -21,7 +21,7 @@ use crate::loss::LossConfig;
 /// names differ from the PyTorch module names). Models written with
 /// [`LoraLinear`](lora_core::LoraLinear) (the factored fast path) override `save_adapter` with
 /// [`lora_core::save_adapter`]; lora-models' GPT-2 does so. A sequence
-/// classifier takes a few lines with [`class_loss`] and [`Predictions::from_logits`]:
+/// classifier takes a few lines with [`class_loss`](crate::class_loss) and [`Predictions::from_logits`]:
 ///
 /// ```no_run
 /// use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
@@ -91,7 +91,7 @@ pub trait TrainModel: Module {
     fn eval_step(&self, batch: &Self::Batch) -> Result<EvalOutput>;
 
     /// The token-id ranges the model's embeddings accept, if it reads token ids. The trainer
-    /// checks every dataset against them before the first step ([`BatchSource::check_ids`]):
+    /// checks every dataset against them before the first step ([`BatchSource::check_ids`](crate::BatchSource::check_ids)):
     /// an id outside would make the embedding gather panic (flex) or read garbage (wgpu).
     fn id_limits(&self) -> Option<IdLimits> {
         None

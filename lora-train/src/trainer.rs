@@ -346,7 +346,7 @@ impl Trainer {
     /// examples, each with the device RNG reseeded from `(seed, step, micro-batch)`; the
     /// gradient of the count-weighted mean loss; one [`AdamW`](crate::AdamW) update (clipping
     /// to `max_grad_norm`, the scheduled learning rate). Checkpoints hold the adapter (PEFT
-    /// format), the trainable tensors, the optimizer state and [`TrainerState`]; resuming one
+    /// format), the trainable tensors, the optimizer state and [`TrainerState`](crate::TrainerState); resuming one
     /// continues exactly as if the run had not stopped.
     ///
     /// A NaN or infinite loss or gradient norm stops training with [`TrainError::NonFinite`]
