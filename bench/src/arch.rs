@@ -8,7 +8,7 @@ use lora_core::weight::{self, PathMap};
 use lora_core::{InitLoraWeights, LoraConfig, LoraSites, TargetModules};
 use lora_models::bert::{BertConfig, RobertaForSequenceClassification, inject_encoder_lora};
 use lora_models::gpt2::{CAttnMode, Gpt2Config, Gpt2LmHeadModel, MemoryOptions, inject_gpt2_lora};
-use lora_models::loss::{causal_lm_loss, cross_entropy};
+use lora_train::loss::{causal_lm_loss, cross_entropy};
 use serde::{Deserialize, Serialize};
 
 use crate::{BenchError, Result};

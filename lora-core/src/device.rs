@@ -123,18 +123,3 @@ pub fn check_fits(device: &Device, tensor: &str, shape: &[usize], hint: &str) ->
         hint: hint.to_string(),
     })
 }
-
-/// The CPU devices of this build plus wgpu when an adapter exists, with their names: what the
-/// test-suite runs every backend-generic check on.
-pub fn test_devices() -> Vec<(&'static str, Device)> {
-    let mut out = Vec::new();
-    for name in ["flex", "ndarray"] {
-        if let Ok(d) = parse_device(name) {
-            out.push((name, d));
-        }
-    }
-    if let Ok(d) = wgpu_device() {
-        out.push(("wgpu", d));
-    }
-    out
-}

@@ -127,6 +127,7 @@ pub mod convert;
 pub mod device;
 pub mod embedding;
 pub mod error;
+pub mod hash;
 pub mod io;
 pub mod layer;
 mod linalg;
@@ -155,9 +156,9 @@ pub use error::{LoraError, Result};
 pub use layer::{Factors, LayerKind, LoraLayer};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig, linear_rows};
 pub use model::{
-    LoraModelExt, ParamInfo, RowBlock, SavedRole, SliceFn, TrainPolicy, adapted_paths,
-    apply_trainability, check_sites_listed, inject_adapter, inject_adapter_with, select_targets,
-    site_paths, stable_id, visit_params,
+    LoraModelExt, ParamInfo, RowBlock, SavedRole, TrainPolicy, adapted_paths, apply_trainability,
+    check_sites_listed, inject_adapter, inject_adapter_with, select_targets, site_paths,
+    visit_params,
 };
 pub use report::{ModuleParams, ParamReport};
-pub use sites::{LoraSites, join_path};
+pub use sites::LoraSites;

@@ -368,13 +368,11 @@ impl TrainPolicy {
 }
 
 /// A parameter id that depends only on the parameter's path (FNV-1a of `lora-burn:<path>`).
-pub fn stable_id(path: &str) -> ParamId {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in "lora-burn:".bytes().chain(path.bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    ParamId::from(h)
+pub(crate) fn stable_id(path: &str) -> ParamId {
+    let mut h = crate::hash::Fnv1a::new();
+    h.bytes(b"lora-burn:");
+    h.bytes(path.as_bytes());
+    ParamId::from(h.finish())
 }
 
 /// The stored values of the parameters at the given burn paths, flattened, with their shapes.
@@ -415,21 +413,35 @@ pub(crate) fn stored_values<M: Module>(
     v.out
 }
 
-/// Tracks the dotted path and whether traversal is inside an adapter.
-#[derive(Default)]
-pub(crate) struct PathWalk {
-    pub path: Vec<String>,
-    pub kinds: Vec<String>,
+/// Where a burn [`ModuleVisitor`] or [`ModuleMapper`] is: the path segments and the module
+/// kinds burn enters, with what lora-burn asks of them (dotted path, PyTorch names, the owner
+/// of a parameter, adapter slots). Every traversal here and in lora-train embeds one and
+/// forwards `enter_module`/`exit_module` to it; the visitor methods stay the visitor's own,
+/// since burn's are generic over tensor rank, which a closure cannot be.
+#[derive(Debug, Default)]
+pub struct PathWalk {
+    pub(crate) path: Vec<String>,
+    pub(crate) kinds: Vec<String>,
 }
 
 impl PathWalk {
+    /// Enters field or index `name` of a module of kind `kind` (burn's `enter_module`).
     pub fn enter(&mut self, name: &str, kind: &str) {
         self.path.push(name.to_string());
         self.kinds.push(kind.to_string());
     }
+    /// Leaves the innermost entry (burn's `exit_module`).
     pub fn exit(&mut self) {
         self.path.pop();
         self.kinds.pop();
+    }
+    /// The path segments from the root.
+    pub fn segments(&self) -> &[String] {
+        &self.path
+    }
+    /// burn's dotted path of the current parameter, e.g. `transformer.h.0.attn.c_attn.weight`.
+    pub fn joined(&self) -> String {
+        self.path.join(".")
     }
     /// Path of the current parameter with burn's LayerNorm names turned into PyTorch's.
     pub fn torch_path(&self) -> String {
@@ -445,6 +457,7 @@ impl PathWalk {
         }
         p.join(".")
     }
+    /// Whether the current parameter belongs to a LoRA adapter.
     pub fn in_adapter(&self) -> bool {
         self.kinds
             .iter()

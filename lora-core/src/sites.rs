@@ -34,7 +34,8 @@ pub trait LoraSites {
     }
 }
 
-/// `prefix.name`, or `name` at the root.
+/// `prefix.name`, or `name` at the root (for [`lora_sites!`](crate::lora_sites) and
+/// hand-written [`LoraSites`] impls).
 pub fn join_path(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
@@ -147,7 +148,7 @@ macro_rules! lora_sites {
                 $(
                     $crate::LoraSites::visit_lora_sites(
                         &self.$field,
-                        &$crate::join_path(prefix, $crate::lora_sites!(@name $field $($name)?)),
+                        &$crate::sites::join_path(prefix, $crate::lora_sites!(@name $field $($name)?)),
                         f,
                     );
                 )*
@@ -160,7 +161,7 @@ macro_rules! lora_sites {
                 $(
                     $crate::LoraSites::visit_lora_sites_mut(
                         &mut self.$field,
-                        &$crate::join_path(prefix, $crate::lora_sites!(@name $field $($name)?)),
+                        &$crate::sites::join_path(prefix, $crate::lora_sites!(@name $field $($name)?)),
                         f,
                     )?;
                 )*

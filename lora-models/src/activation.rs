@@ -3,7 +3,25 @@
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, relu, sigmoid, silu};
 
-use crate::gpt2::Activation;
+use serde::{Deserialize, Serialize};
+
+/// The activations the supported checkpoints use (GPT-2's `activation_function`, BERT's
+/// `hidden_act`), with Hugging Face's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// `gelu_new` (tanh approximation; GPT-2's own).
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluNew,
+    /// Exact GELU (erf).
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// ReLU.
+    #[serde(rename = "relu")]
+    Relu,
+    /// SiLU / swish.
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+}
 
 /// `gelu_new`, GPT-2's tanh approximation of GELU: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
 ///

@@ -41,7 +41,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use crate::gpt2::Gpt2Config;
-    use crate::loss::causal_lm_loss;
+    use lora_train::loss::causal_lm_loss;
 
     fn std_of(t: burn::prelude::Tensor<2>) -> f64 {
         let v: Vec<f32> = t.into_data().try_to_vec().unwrap_or_default();

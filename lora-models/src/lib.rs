@@ -14,8 +14,8 @@ pub mod error;
 pub mod gpt2;
 pub mod hf;
 mod init;
-pub mod loss;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{ModelError, Result};
 pub use tokenizer::TextTokenizer;

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use lora_core::LoraError;
-use lora_models::ModelError;
 
 /// Everything that can go wrong while loading data, training, evaluating or checkpointing.
 /// Every variant names what the user supplied (a file and line, a config field, a checkpoint
@@ -13,9 +12,10 @@ pub enum TrainError {
     /// A LoRA operation failed (adapter files, tensor files).
     #[error(transparent)]
     Lora(#[from] LoraError),
-    /// The model failed (e.g. a sequence longer than it accepts).
+    /// The model failed (e.g. a sequence longer than it accepts): the model crate's own error
+    /// (lora-models converts its `ModelError` into this).
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(Box<dyn std::error::Error + Send + Sync>),
     /// A trainer or data setting is invalid.
     #[error("invalid setting `{field}`: {reason}")]
     InvalidConfig {

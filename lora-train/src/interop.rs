@@ -6,46 +6,7 @@
 //! own optimizer, checkpoints (whole-model `.bpk` files, not adapters) and dashboard; use
 //! [`Trainer`] for adapter-only checkpoints, exact resume and PEFT output.
 //!
-//! ```no_run
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use burn::data::dataloader::DataLoaderBuilder;
-//! use burn::optim::AdamWConfig;
-//! use burn::prelude::*;
-//! use burn::train::metric::LossMetric;
-//! use burn::train::{Interrupter, Learner, SupervisedTraining};
-//! use lora_core::LoraConfig;
-//! use lora_models::{TextTokenizer, gpt2::{CAttnMode, Gpt2LmHeadModel, inject_gpt2_lora}};
-//! use lora_train::{DataConfig, LearnerAdapter, Columns, load_text_datasets};
-//!
-//! let device = Device::flex();
-//! let (model, _) = Gpt2LmHeadModel::from_pretrained("gpt2", &device)?;
-//! let (model, _lora) = inject_gpt2_lora(model, &LoraConfig::new(8, 16.0, &["c_attn"]), "default", CAttnMode::Fused)?;
-//! let tokenizer = TextTokenizer::from_dir("gpt2")?;
-//! let data = DataConfig { columns: Columns::text("text"), max_length: 64, ..Default::default() };
-//! let (train, valid) = load_text_datasets("train.jsonl".as_ref(), None, &data, &tokenizer)?;
-//! let valid = valid.ok_or("no validation split")?;
-//!
-//! let loader = |ds: lora_train::TextDataset| {
-//!     DataLoaderBuilder::new(ds.batcher()).batch_size(8).shuffle(42).build(ds)
-//! };
-//! // One interrupter for both: a failing step stops training with its message.
-//! let interrupter = Interrupter::new();
-//! let adapter = LearnerAdapter::new(model, &interrupter);
-//! let learner = Learner::new(adapter, AdamWConfig::new().init(), 2e-4);
-//! let result = SupervisedTraining::new("burn-run", loader(train), loader(valid))
-//!     .metric_train_numeric(LossMetric::new())
-//!     .metric_valid_numeric(LossMetric::new())
-//!     .num_epochs(2)
-//!     .with_interrupter(interrupter)
-//!     .launch(learner);
-//! if let Some(e) = result.model.error() {
-//!     return Err(e.into());
-//! }
-//! let trained: Gpt2LmHeadModel = result.model.inner;
-//! # let _ = trained;
-//! # Ok(())
-//! # }
-//! ```
+//! lora-models' `train` module shows a GPT-2 run under burn's `Learner`.
 
 use burn::module::{Module, ModuleDisplay};
 use burn::optim::GradientsParams;
@@ -56,6 +17,7 @@ use burn::train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 use std::sync::{Arc, Mutex};
 
 use crate::error::TrainError;
+use crate::loss::LossConfig;
 use crate::model::TrainModel;
 #[allow(unused_imports)] // named in the docs
 use crate::{Trainer, dataset::TextDataset};
@@ -75,6 +37,8 @@ pub struct LearnerAdapter<M: Module> {
     pub inner: M,
     #[module(skip)]
     failure: StepFailure,
+    #[module(skip)]
+    loss: LossConfig,
 }
 
 /// Where a failing step reports to: burn's interrupter, and the first error's message.
@@ -116,7 +80,14 @@ impl<M: Module> LearnerAdapter<M> {
                 interrupter: interrupter.clone(),
                 first: Arc::default(),
             },
+            loss: LossConfig::default(),
         }
+    }
+
+    /// The same adapter with training steps computing their loss as `loss` says (default:
+    /// the plain loss).
+    pub fn with_loss(self, loss: LossConfig) -> Self {
+        Self { loss, ..self }
     }
 
     /// The first step error, if a step failed (training was stopped then).
@@ -163,7 +134,7 @@ where
     type Output = StepLoss;
 
     fn step(&self, batch: M::Batch) -> TrainOutput<StepLoss> {
-        match self.inner.train_step(&batch) {
+        match self.inner.train_step(&batch, &self.loss) {
             Ok(out) => {
                 let grads = out.loss.backward();
                 TrainOutput::new(self, grads, StepLoss { loss: out.loss })

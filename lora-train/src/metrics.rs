@@ -6,6 +6,136 @@
 //! average ranks for ties. Undefined cases (no variance, no predicted positives) give 0, as
 //! scikit-learn does for F1 and MCC.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::model::Predictions;
+
+/// An evaluation metric, by its key in [`Metrics`]; names may carry Hugging Face's `eval_`
+/// prefix when parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Mean evaluation loss.
+    #[default]
+    #[serde(alias = "eval_loss")]
+    Loss,
+    /// `exp(loss)` (language models).
+    #[serde(alias = "eval_perplexity")]
+    Perplexity,
+    /// Fraction of correct classes.
+    #[serde(alias = "eval_accuracy")]
+    Accuracy,
+    /// F1 (binary: of class 1; else macro).
+    #[serde(alias = "eval_f1")]
+    F1,
+    /// Matthews correlation.
+    #[serde(alias = "eval_mcc")]
+    Mcc,
+    /// Pearson correlation (regression).
+    #[serde(alias = "eval_pearson")]
+    Pearson,
+    /// Spearman correlation (regression).
+    #[serde(alias = "eval_spearman")]
+    Spearman,
+}
+
+impl Metric {
+    /// Every metric, in the order above.
+    pub const ALL: [Metric; 7] = [
+        Metric::Loss,
+        Metric::Perplexity,
+        Metric::Accuracy,
+        Metric::F1,
+        Metric::Mcc,
+        Metric::Pearson,
+        Metric::Spearman,
+    ];
+
+    /// Its key in [`Metrics`] (`loss`, `f1`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Loss => "loss",
+            Metric::Perplexity => "perplexity",
+            Metric::Accuracy => "accuracy",
+            Metric::F1 => "f1",
+            Metric::Mcc => "mcc",
+            Metric::Pearson => "pearson",
+            Metric::Spearman => "spearman",
+        }
+    }
+
+    /// Whether larger values are better (all but loss and perplexity).
+    pub fn greater_is_better(self) -> bool {
+        !matches!(self, Metric::Loss | Metric::Perplexity)
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = TrainError;
+
+    /// A metric name, with or without an `eval_` prefix.
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        let key = s.strip_prefix("eval_").unwrap_or(s);
+        Metric::ALL
+            .into_iter()
+            .find(|m| m.name() == key)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+                TrainError::config(
+                    "metric_for_best",
+                    format!("`{s}` is not a metric (one of {})", names.join(", ")),
+                )
+            })
+    }
+}
+
+/// Evaluation results by name: `loss` always; `perplexity`, `accuracy`/`f1`/`mcc` or
+/// `pearson`/`spearman` depending on the task (see [`Predictions`]).
+pub type Metrics = BTreeMap<String, f64>;
+
+/// The metrics of an evaluation: its mean `loss` and what `predictions` allow.
+pub fn of_predictions(loss: f64, predictions: Predictions) -> Metrics {
+    let mut m = Metrics::new();
+    m.insert("loss".into(), loss);
+    match predictions {
+        Predictions::None => {}
+        Predictions::LanguageModel => {
+            m.insert("perplexity".into(), perplexity(loss));
+        }
+        Predictions::Classes {
+            predicted,
+            gold,
+            num_classes,
+        } => {
+            m.insert("accuracy".into(), accuracy(&predicted, &gold));
+            m.insert("f1".into(), f1(&predicted, &gold, num_classes));
+            m.insert("mcc".into(), mcc(&predicted, &gold, num_classes));
+        }
+        Predictions::Values { predicted, gold } => {
+            m.insert("pearson".into(), pearson(&predicted, &gold));
+            m.insert("spearman".into(), spearman(&predicted, &gold));
+        }
+    }
+    m
+}
+
+/// `name value` pairs with 4 decimals, comma-separated (progress lines, the programs' output).
+pub fn format_metrics(m: &Metrics) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Fraction of predictions equal to the labels (0 for empty input).
 pub fn accuracy(pred: &[usize], gold: &[usize]) -> f64 {
     if gold.is_empty() {

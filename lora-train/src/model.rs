@@ -1,5 +1,5 @@
 //! What the trainer needs from a model and from a dataset: the [`TrainModel`] and
-//! [`BatchSource`] traits and the outputs of a step.
+//! [`BatchSource`](crate::BatchSource) traits and the outputs of a step.
 
 use std::path::Path;
 
@@ -10,6 +10,7 @@ use lora_core::LoraConfig;
 use lora_core::weight::PathMap;
 
 use crate::error::{Result, TrainError};
+use crate::loss::LossConfig;
 
 /// A model the [`Trainer`](crate::Trainer) can fine-tune: any burn [`Module`] that turns a
 /// batch into a loss.
@@ -19,13 +20,15 @@ use crate::error::{Result, TrainError};
 /// [`save_adapter`](Self::save_adapter) (override [`peft_paths`](Self::peft_paths) when your field
 /// names differ from the PyTorch module names). Models written with
 /// [`LoraLinear`](lora_core::LoraLinear) (the factored fast path) override `save_adapter` with
-/// [`lora_core::save_adapter`]; [`lm`](crate::lm) does so for GPT-2's causal LM. A sequence
-/// classifier takes a few lines with [`class_loss`] and [`Predictions::from_logits`]:
+/// [`lora_core::save_adapter`]; lora-models' GPT-2 does so. A sequence
+/// classifier takes a few lines with [`class_loss`](crate::class_loss) and [`Predictions::from_logits`]:
 ///
 /// ```no_run
 /// use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 /// use burn::prelude::*;
-/// use lora_train::{EvalOutput, LossOutput, Predictions, TextBatch, TrainModel, class_loss};
+/// use lora_train::{
+///     EvalOutput, LossConfig, LossOutput, Predictions, TextBatch, TrainModel, class_loss,
+/// };
 ///
 /// /// Mean of the token embeddings, then a linear head: plain burn-nn.
 /// #[derive(Module, Debug)]
@@ -45,7 +48,7 @@ use crate::error::{Result, TrainError};
 /// impl TrainModel for BagOfWords {
 ///     type Batch = TextBatch;
 ///
-///     fn train_step(&self, batch: &TextBatch) -> lora_train::Result<LossOutput> {
+///     fn train_step(&self, batch: &TextBatch, _: &LossConfig) -> lora_train::Result<LossOutput> {
 ///         let logits = self.forward(batch.input_ids.clone());
 ///         Ok(LossOutput::new(class_loss(logits, batch.class_labels()?), batch.len()))
 ///     }
@@ -64,21 +67,23 @@ pub trait TrainModel: Module {
     /// The batch type the model consumes (e.g. [`TextBatch`](crate::TextBatch)).
     type Batch;
 
-    /// Training forward pass (dropout active). The model's tensors are on an autodiff device.
+    /// Training forward pass (dropout active), with the loss computed as `loss` says (a model
+    /// whose loss has no such setting ignores it). The model's tensors are on an autodiff
+    /// device.
     ///
     /// Returns the **mean** loss over [`LossOutput::count`] items (tokens for a language model,
     /// examples for a classifier); the trainer weights micro-batches by that count, so
     /// gradient accumulation gives exactly the gradient of the whole batch.
-    fn train_step(&self, batch: &Self::Batch) -> Result<LossOutput>;
+    fn train_step(&self, batch: &Self::Batch, loss: &LossConfig) -> Result<LossOutput>;
 
     /// The training step's loss and gradients. The default runs [`train_step`](Self::train_step)
     /// and one backward; a model that computes its gradients in segments (activation
     /// checkpointing, a chunked loss) overrides it.
-    fn train_grads(&self, batch: &Self::Batch) -> Result<StepGrads>
+    fn train_grads(&self, batch: &Self::Batch, loss: &LossConfig) -> Result<StepGrads>
     where
         Self: Sized,
     {
-        plain_grads(self, batch)
+        plain_grads(self, batch, loss)
     }
 
     /// Evaluation forward pass, on the model's `valid()` copy (no autodiff, no dropout):
@@ -86,7 +91,7 @@ pub trait TrainModel: Module {
     fn eval_step(&self, batch: &Self::Batch) -> Result<EvalOutput>;
 
     /// The token-id ranges the model's embeddings accept, if it reads token ids. The trainer
-    /// checks every dataset against them before the first step ([`BatchSource::check_ids`]):
+    /// checks every dataset against them before the first step ([`BatchSource::check_ids`](crate::BatchSource::check_ids)):
     /// an id outside would make the embedding gather panic (flex) or read garbage (wgpu).
     fn id_limits(&self) -> Option<IdLimits> {
         None
@@ -126,8 +131,12 @@ impl LossOutput {
 
 /// [`TrainModel::train_step`] and one backward: the default
 /// [`train_grads`](TrainModel::train_grads).
-pub fn plain_grads<M: TrainModel>(model: &M, batch: &M::Batch) -> Result<StepGrads> {
-    let output = model.train_step(batch)?;
+pub fn plain_grads<M: TrainModel>(
+    model: &M,
+    batch: &M::Batch,
+    loss: &LossConfig,
+) -> Result<StepGrads> {
+    let output = model.train_step(batch, loss)?;
     let grads = output.loss.backward();
     Ok(StepGrads {
         loss: output.loss.detach(),
@@ -230,22 +239,62 @@ impl Predictions {
         }
         Ok(Self::Values { predicted, gold })
     }
+
+    /// These predictions followed by `next`'s (the next evaluation batch); an error when
+    /// the kinds differ.
+    pub fn append(self, next: Predictions) -> Result<Self> {
+        Ok(match (self, next) {
+            (Self::None, Self::None) => Self::None,
+            (Self::LanguageModel, Self::LanguageModel) => Self::LanguageModel,
+            (
+                Self::Classes {
+                    mut predicted,
+                    mut gold,
+                    num_classes,
+                },
+                Self::Classes {
+                    predicted: p2,
+                    gold: g2,
+                    num_classes: n2,
+                },
+            ) => {
+                predicted.extend(p2);
+                gold.extend(g2);
+                Self::Classes {
+                    predicted,
+                    gold,
+                    num_classes: num_classes.max(n2),
+                }
+            }
+            (
+                Self::Values {
+                    mut predicted,
+                    mut gold,
+                },
+                Self::Values {
+                    predicted: p2,
+                    gold: g2,
+                },
+            ) => {
+                predicted.extend(p2);
+                gold.extend(g2);
+                Self::Values { predicted, gold }
+            }
+            _ => {
+                return Err(TrainError::Step(
+                    "eval_step returned different kinds of predictions across batches".into(),
+                ));
+            }
+        })
+    }
 }
 
-/// Mean cross-entropy of class logits (PyTorch's `cross_entropy`).
-///
-/// # Shapes
-/// - `logits`: `[batch, num_classes]`, `labels`: `[batch]` → `[1]`
-pub fn class_loss(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    lora_models::loss::cross_entropy(logits, labels, 0.0)
-}
-
-/// Mean squared error (PyTorch's `mse_loss`, as Hugging Face uses for one-label regression).
-///
-/// # Shapes
-/// - `scores`, `targets`: `[batch]` → `[1]`
-pub fn mse_loss(scores: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
-    (scores - targets).powf_scalar(2.0).mean()
+/// The value of a one-element tensor (a loss), read back to the host.
+pub(crate) fn scalar(t: Tensor<1>) -> Result<f64> {
+    float_values(t, "loss")?
+        .first()
+        .copied()
+        .ok_or_else(|| TrainError::Step("the loss tensor is empty".into()))
 }
 
 /// Reads a float tensor back to the host.
@@ -266,42 +315,6 @@ pub(crate) fn int_values<const D: usize>(t: Tensor<D, Int>, what: &str) -> Resul
             what: what.to_string(),
             reason: format!("{e:?}"),
         })
-}
-
-/// A dataset the trainer draws batches from: indexable items, each with a length (for
-/// length-grouped batching and tokens/s), turned into a model batch on demand.
-///
-/// [`TextDataset`](crate::TextDataset) implements it with [`TextBatch`](crate::TextBatch).
-pub trait BatchSource {
-    /// The batch type it produces.
-    type Batch;
-
-    /// Number of items.
-    fn len(&self) -> usize;
-
-    /// Whether there is no item.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Length of item `index` in tokens (1 if the notion does not apply).
-    fn item_len(&self, index: usize) -> usize;
-
-    /// Builds the batch of the items at `indices` (in that order) on `device`.
-    fn batch(&self, indices: &[usize], device: &Device) -> Result<Self::Batch>;
-
-    /// A fingerprint of the contents: a checkpoint refuses to resume on different data.
-    /// `0` (the default) disables the check.
-    fn fingerprint(&self) -> u64 {
-        0
-    }
-
-    /// Errors if an item holds a token id outside `limits` (nothing to check by default);
-    /// `dataset` names the data in the error (e.g. `training data`).
-    fn check_ids(&self, limits: &IdLimits, dataset: &str) -> Result<()> {
-        let _ = (limits, dataset);
-        Ok(())
-    }
 }
 
 /// The token-id ranges a model's embeddings accept.

@@ -17,10 +17,12 @@ use burn::tensor::Gradients;
 use lora_core::io::{
     HostTensor, parse_safetensors, read_file, serialize_safetensors, view_to_host, write_atomic,
 };
+use lora_core::model::PathWalk;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::model::float_values;
+use crate::schedule::Schedule;
 
 /// AdamW settings. Defaults are PyTorch's `torch.optim.AdamW` (betas 0.9/0.999, eps 1e-8,
 /// weight decay 0.01), with a peak learning rate of 2e-4 (a common LoRA choice) and
@@ -28,7 +30,7 @@ use crate::model::float_values;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OptimizerConfig {
-    /// Peak learning rate (the schedule scales it). Default 2e-4.
+    /// Peak learning rate (the schedule scales it, see [`AdamW::learning_rate`]). Default 2e-4.
     pub learning_rate: f64,
     /// First-moment decay. Default 0.9.
     pub beta1: f64,
@@ -114,49 +116,23 @@ pub struct TrainableParam {
     pub lora_b: bool,
 }
 
-/// Tracks the dotted path and the owning module types during a traversal.
-#[derive(Default)]
-struct Walk {
-    path: Vec<String>,
-    kinds: Vec<String>,
+/// Whether the parameter `walk` is at takes no weight decay: a bias, or a normalization
+/// module's parameter.
+fn no_decay(walk: &PathWalk) -> bool {
+    let leaf = walk.segments().last().map_or("", String::as_str);
+    leaf == "bias" || walk.owner_kind().ends_with("Norm")
 }
 
-impl Walk {
-    fn enter(&mut self, name: &str, kind: &str) {
-        self.path.push(name.to_string());
-        self.kinds.push(kind.to_string());
-    }
-    fn exit(&mut self) {
-        self.path.pop();
-        self.kinds.pop();
-    }
-    fn joined(&self) -> String {
-        self.path.join(".")
-    }
-    fn no_decay(&self) -> bool {
-        let leaf = self.path.last().map_or("", String::as_str);
-        // burn enters each field with the type of the struct holding it: the innermost
-        // non-container entry is the parameter's owner.
-        let owner = self
-            .kinds
-            .iter()
-            .rev()
-            .find(|k| !matches!(k.as_str(), "Vec" | "Array" | "Tuple"))
-            .map_or("", String::as_str);
-        leaf == "bias" || owner.ends_with("Norm")
-    }
-    fn lora_b(&self) -> bool {
-        self.path
-            .iter()
-            .any(|s| s == "lora_b" || s == "lora_embedding_b")
-    }
+/// Whether the parameter `walk` is at is a LoRA B factor (LoRA+ applies).
+fn lora_b(walk: &PathWalk) -> bool {
+    (walk.segments().iter()).any(|s| s == "lora_b" || s == "lora_embedding_b")
 }
 
 /// Every parameter that requires a gradient (the model must be in training mode, on an
 /// autodiff device), in traversal order.
 pub fn trainable_params<M: Module>(model: &M) -> Vec<TrainableParam> {
     struct V {
-        walk: Walk,
+        walk: PathWalk,
         out: Vec<TrainableParam>,
     }
     impl ModuleVisitor for V {
@@ -171,14 +147,14 @@ pub fn trainable_params<M: Module>(model: &M) -> Vec<TrainableParam> {
                 self.out.push(TrainableParam {
                     path: self.walk.joined(),
                     shape: param.lazy_shape().to_vec(),
-                    no_decay: self.walk.no_decay(),
-                    lora_b: self.walk.lora_b(),
+                    no_decay: no_decay(&self.walk),
+                    lora_b: lora_b(&self.walk),
                 });
             }
         }
     }
     let mut v = V {
-        walk: Walk::default(),
+        walk: PathWalk::default(),
         out: Vec::new(),
     };
     model.visit(&mut v);
@@ -188,7 +164,7 @@ pub fn trainable_params<M: Module>(model: &M) -> Vec<TrainableParam> {
 /// Host copies of the trainable parameters, keyed by burn path.
 pub fn trainable_values<M: Module>(model: &M) -> Result<Vec<(String, HostTensor)>> {
     struct V {
-        walk: Walk,
+        walk: PathWalk,
         out: Vec<Result<(String, HostTensor)>>,
     }
     impl ModuleVisitor for V {
@@ -208,7 +184,7 @@ pub fn trainable_values<M: Module>(model: &M) -> Result<Vec<(String, HostTensor)
         }
     }
     let mut v = V {
-        walk: Walk::default(),
+        walk: PathWalk::default(),
         out: Vec::new(),
     };
     model.visit(&mut v);
@@ -255,7 +231,7 @@ pub fn set_trainable_values<M: Module>(
         )));
     }
     struct SetMapper<'a> {
-        walk: Walk,
+        walk: PathWalk,
         values: &'a HashMap<String, HostTensor>,
     }
     impl ModuleMapper for SetMapper<'_> {
@@ -282,7 +258,7 @@ pub fn set_trainable_values<M: Module>(
         }
     }
     let mut mapper = SetMapper {
-        walk: Walk::default(),
+        walk: PathWalk::default(),
         values,
     };
     Ok(model.map(&mut mapper))
@@ -337,7 +313,7 @@ impl GradAccumulator {
     /// pass of a segmented step): each parameter's parts are summed first.
     pub fn add_parts<M: Module>(&mut self, model: &M, parts: Vec<Gradients>, count: usize) {
         struct V<'a> {
-            walk: Walk,
+            walk: PathWalk,
             parts: Vec<Gradients>,
             sums: &'a mut BTreeMap<String, Tensor<1>>,
             /// `None` for the first micro-batch (stored unweighted).
@@ -384,7 +360,7 @@ impl GradAccumulator {
                 .collect();
         }
         let mut v = V {
-            walk: Walk::default(),
+            walk: PathWalk::default(),
             parts,
             sums: &mut self.sums,
             weight: (self.micro > 0).then_some(count as f64),
@@ -443,27 +419,96 @@ struct Moments {
 /// m ← β₁m + (1 − β₁)g,  v ← β₂v + (1 − β₂)g²
 /// p ← p − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
 /// ```
+///
+/// It owns its settings: the peak learning rate, scaled at each step by its [`Schedule`], and
+/// the clipping norm.
 #[derive(Debug, Clone)]
 pub struct AdamW {
     config: OptimizerConfig,
+    schedule: Schedule,
     state: BTreeMap<String, Moments>,
+}
+
+/// [`AdamW::step`]'s traversal: each parameter with a gradient gets its update.
+struct StepMapper<'a> {
+    walk: PathWalk,
+    grads: &'a mut BTreeMap<String, Tensor<1>>,
+    opt: &'a mut AdamW,
+    /// The scheduled rate (before LoRA+).
+    lr: f64,
+    /// Gradient scale from clipping (1 for none).
+    clip: f64,
+}
+
+impl ModuleMapper for StepMapper<'_> {
+    fn enter_module(&mut self, name: &str, kind: &str) {
+        self.walk.enter(name, kind);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.walk.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.walk.joined();
+        let Some(g) = self.grads.remove(&path) else {
+            return param;
+        };
+        let c = self.opt.config;
+        let lr = match c.loraplus_lr_ratio {
+            Some(r) if lora_b(&self.walk) => self.lr * r,
+            _ => self.lr,
+        };
+        let decay = !no_decay(&self.walk) && c.weight_decay > 0.0;
+        let (id, tensor, mapper) = param.consume();
+        let dims = tensor.dims();
+        let n: usize = dims.iter().product();
+        let p: Tensor<1> = tensor.clone().inner().reshape([n]);
+        let g = if self.clip != 1.0 {
+            g.mul_scalar(self.clip)
+        } else {
+            g
+        };
+        let updated: Tensor<D> = self.opt.update(path, p, g, lr, decay).reshape(dims);
+        Param::from_mapped_value(id, restore_like(&tensor, updated), mapper)
+    }
 }
 
 /// Metadata key holding the per-parameter step counts in the optimizer file.
 const STEPS_KEY: &str = "lora_burn.adamw.steps";
 
 impl AdamW {
-    /// A fresh optimizer (no state yet).
+    /// A fresh optimizer (no state yet) at the constant rate `config.learning_rate`.
     pub fn new(config: OptimizerConfig) -> Self {
         Self {
             config,
+            schedule: Schedule::constant(),
             state: BTreeMap::new(),
         }
+    }
+
+    /// The same optimizer with its learning rate following `schedule`.
+    pub fn with_schedule(self, schedule: Schedule) -> Self {
+        Self { schedule, ..self }
     }
 
     /// Its settings.
     pub fn config(&self) -> &OptimizerConfig {
         &self.config
+    }
+
+    /// The learning rate of the update with 0-based index `step`: the peak rate
+    /// ([`OptimizerConfig::learning_rate`]) scaled by the schedule.
+    pub fn learning_rate(&self, step: usize) -> f64 {
+        self.schedule.lr(self.config.learning_rate, step)
+    }
+
+    /// The factor that brings gradients of global norm `grad_norm` down to
+    /// [`max_grad_norm`](OptimizerConfig::max_grad_norm) (PyTorch's `clip_grad_norm_`); 1 when
+    /// they are within it or clipping is off.
+    pub fn clip_scale(&self, grad_norm: f64) -> f64 {
+        match self.config.max_grad_norm {
+            Some(max) if grad_norm > max => max / (grad_norm + 1e-6),
+            _ => 1.0,
+        }
     }
 
     /// Number of parameters that have state (two moment tensors each).
@@ -486,91 +531,76 @@ impl AdamW {
         self.state.keys().cloned().collect()
     }
 
-    /// One update of every parameter of `model` that has a gradient in `grads` (flattened, by
-    /// path, e.g. from [`GradAccumulator::finish`]), after multiplying gradients by `clip`
-    /// (1.0 for none). `lr` is the scheduled rate; LoRA+ scales it for B factors.
+    /// Update number `step` (0-based, the schedule's position) of every parameter of `model`
+    /// that has a gradient in `grads` (flattened, by path, e.g. from
+    /// [`GradAccumulator::finish`]): gradients clipped to `max_grad_norm`, the scheduled
+    /// learning rate, scaled for B factors under LoRA+.
+    ///
+    /// `grad_norm` is the gradients' global norm ([`global_norm`]) when the caller has
+    /// measured it already; with `None`, it is measured here if clipping is on.
     pub fn step<M: Module>(
         &mut self,
         model: M,
         mut grads: BTreeMap<String, Tensor<1>>,
-        lr: f64,
-        clip: f64,
-    ) -> M {
-        struct StepMapper<'a> {
-            walk: Walk,
-            grads: &'a mut BTreeMap<String, Tensor<1>>,
-            opt: &'a mut AdamW,
-            lr: f64,
-            clip: f64,
-        }
-        impl ModuleMapper for StepMapper<'_> {
-            fn enter_module(&mut self, name: &str, kind: &str) {
-                self.walk.enter(name, kind);
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.walk.exit();
-            }
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                let path = self.walk.joined();
-                let Some(g) = self.grads.remove(&path) else {
-                    return param;
-                };
-                let c = self.opt.config;
-                let lr = match c.loraplus_lr_ratio {
-                    Some(r) if self.walk.lora_b() => self.lr * r,
-                    _ => self.lr,
-                };
-                let decay = !self.walk.no_decay() && c.weight_decay > 0.0;
-                let (id, tensor, mapper) = param.consume();
-                let dims = tensor.dims();
-                let n: usize = dims.iter().product();
-                let p: Tensor<1> = tensor.clone().inner().reshape([n]);
-                let g = if self.clip != 1.0 {
-                    g.mul_scalar(self.clip)
-                } else {
-                    g
-                };
-                let (b1, b2) = (c.beta1, c.beta2);
-                let m = match self.opt.state.remove(&path) {
-                    Some(s) => Moments {
-                        exp_avg: s.exp_avg.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-                        exp_avg_sq: s.exp_avg_sq.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
-                        step: s.step + 1,
-                    },
-                    None => Moments {
-                        exp_avg: g.clone().mul_scalar(1.0 - b1),
-                        exp_avg_sq: g.square().mul_scalar(1.0 - b2),
-                        step: 1,
-                    },
-                };
-                let t = m.step as i32;
-                let bc1 = 1.0 - b1.powi(t);
-                let bc2 = 1.0 - b2.powi(t);
-                let p = if decay {
-                    p.mul_scalar(1.0 - lr * c.weight_decay)
-                } else {
-                    p
-                };
-                let denom = m
-                    .exp_avg_sq
-                    .clone()
-                    .sqrt()
-                    .div_scalar(bc2.sqrt())
-                    .add_scalar(c.eps);
-                let p = p - (m.exp_avg.clone() / denom).mul_scalar(lr / bc1);
-                self.opt.state.insert(path, m);
-                let updated: Tensor<D> = p.reshape(dims);
-                Param::from_mapped_value(id, restore_like(&tensor, updated), mapper)
-            }
-        }
-        let mut mapper = StepMapper {
-            walk: Walk::default(),
-            grads: &mut grads,
-            opt: self,
-            lr,
-            clip,
+        step: usize,
+        grad_norm: Option<f64>,
+    ) -> Result<M> {
+        let clip = match (self.config.max_grad_norm, grad_norm) {
+            (None, _) => 1.0,
+            (Some(_), Some(norm)) => self.clip_scale(norm),
+            (Some(_), None) => self.clip_scale(global_norm(&grads)?),
         };
-        model.map(&mut mapper)
+        let mut mapper = StepMapper {
+            walk: PathWalk::default(),
+            grads: &mut grads,
+            lr: self.learning_rate(step),
+            clip,
+            opt: self,
+        };
+        Ok(model.map(&mut mapper))
+    }
+
+    /// The AdamW update of the parameter at `path` (flattened `p`) with gradient `g`, at
+    /// learning rate `lr`, with or without weight decay; its moments advance one step.
+    fn update(
+        &mut self,
+        path: String,
+        p: Tensor<1>,
+        g: Tensor<1>,
+        lr: f64,
+        decay: bool,
+    ) -> Tensor<1> {
+        let c = self.config;
+        let (b1, b2) = (c.beta1, c.beta2);
+        let m = match self.state.remove(&path) {
+            Some(s) => Moments {
+                exp_avg: s.exp_avg.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+                exp_avg_sq: s.exp_avg_sq.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
+                step: s.step + 1,
+            },
+            None => Moments {
+                exp_avg: g.clone().mul_scalar(1.0 - b1),
+                exp_avg_sq: g.square().mul_scalar(1.0 - b2),
+                step: 1,
+            },
+        };
+        let t = m.step as i32;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        let p = if decay {
+            p.mul_scalar(1.0 - lr * c.weight_decay)
+        } else {
+            p
+        };
+        let denom = m
+            .exp_avg_sq
+            .clone()
+            .sqrt()
+            .div_scalar(bc2.sqrt())
+            .add_scalar(c.eps);
+        let p = p - (m.exp_avg.clone() / denom).mul_scalar(lr / bc1);
+        self.state.insert(path, m);
+        p
     }
 
     /// Writes the state to a safetensors file (atomically): `<path>.exp_avg` and

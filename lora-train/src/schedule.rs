@@ -45,8 +45,8 @@ pub struct ScheduleConfig {
 }
 
 impl ScheduleConfig {
-    /// The schedule for `total_steps` optimizer steps peaking at `peak`.
-    pub fn build(&self, peak: f64, total_steps: usize) -> Result<Schedule> {
+    /// The schedule for `total_steps` optimizer steps.
+    pub fn build(&self, total_steps: usize) -> Result<Schedule> {
         let warmup_steps = match self.warmup {
             Warmup::Steps(n) => n,
             Warmup::Ratio(r) => {
@@ -58,20 +58,19 @@ impl ScheduleConfig {
         };
         Ok(Schedule {
             kind: self.kind,
-            peak,
             warmup_steps,
             total_steps,
         })
     }
 }
 
-/// A learning-rate schedule over a known number of optimizer steps.
+/// The shape of the learning rate over a known number of optimizer steps; the peak rate is
+/// the optimizer's ([`OptimizerConfig::learning_rate`](crate::OptimizerConfig::learning_rate)),
+/// which [`AdamW`](crate::AdamW) scales by the schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
     /// Shape after warmup.
     pub kind: ScheduleKind,
-    /// Peak learning rate.
-    pub peak: f64,
     /// Warmup steps.
     pub warmup_steps: usize,
     /// All optimizer steps.
@@ -79,16 +78,26 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The learning rate of the optimizer step with 0-based index `step` (the first update
-    /// uses `lr(0)`, which is 0 when there is a warmup, as in Hugging Face).
-    pub fn lr(&self, step: usize) -> f64 {
+    /// The peak rate at every step (no warmup).
+    pub fn constant() -> Self {
+        Self {
+            kind: ScheduleKind::Constant,
+            warmup_steps: 0,
+            total_steps: 0,
+        }
+    }
+
+    /// The learning rate of the optimizer step with 0-based index `step` for a schedule
+    /// peaking at `peak` (the first update uses step 0, whose rate is 0 when there is a
+    /// warmup, as in Hugging Face).
+    pub fn lr(&self, peak: f64, step: usize) -> f64 {
         let (s, w, t) = (
             step as f64,
             self.warmup_steps as f64,
             self.total_steps as f64,
         );
         if step < self.warmup_steps {
-            return self.peak * s / w.max(1.0);
+            return peak * s / w.max(1.0);
         }
         let factor = match self.kind {
             ScheduleKind::Constant => 1.0,
@@ -98,7 +107,7 @@ impl Schedule {
                 (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
             }
         };
-        self.peak * factor
+        peak * factor
     }
 }
 
@@ -107,14 +116,14 @@ mod tests {
     use super::*;
 
     fn sched(kind: ScheduleKind, warmup: Warmup, total: usize) -> Schedule {
-        ScheduleConfig { kind, warmup }.build(1.0, total).unwrap()
+        ScheduleConfig { kind, warmup }.build(total).unwrap()
     }
 
     #[test]
     fn linear_with_warmup_matches_hugging_face() {
         // get_linear_schedule_with_warmup(warmup=2, total=10): 0, .5, 1, 7/8, 6/8, ...
         let s = sched(ScheduleKind::Linear, Warmup::Steps(2), 10);
-        let lrs: Vec<f64> = (0..11).map(|i| s.lr(i)).collect();
+        let lrs: Vec<f64> = (0..11).map(|i| s.lr(1.0, i)).collect();
         let want = [
             0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0,
         ];
@@ -127,21 +136,25 @@ mod tests {
     fn cosine_and_constant() {
         let s = sched(ScheduleKind::Cosine, Warmup::Ratio(0.1), 20);
         assert_eq!(s.warmup_steps, 2);
-        assert!((s.lr(2) - 1.0).abs() < 1e-12);
-        assert!((s.lr(11) - 0.5).abs() < 1e-12, "half-way: {}", s.lr(11));
-        assert!(s.lr(20).abs() < 1e-12);
+        assert!((s.lr(1.0, 2) - 1.0).abs() < 1e-12);
+        assert!(
+            (s.lr(1.0, 11) - 0.5).abs() < 1e-12,
+            "half-way: {}",
+            s.lr(1.0, 11)
+        );
+        assert!(s.lr(1.0, 20).abs() < 1e-12);
         let c = sched(ScheduleKind::Constant, Warmup::Steps(4), 10);
-        assert_eq!(c.lr(2), 0.5);
-        assert_eq!(c.lr(9), 1.0);
+        assert_eq!(c.lr(1.0, 2), 0.5);
+        assert_eq!(c.lr(1.0, 9), 1.0);
         let none = sched(ScheduleKind::Linear, Warmup::Steps(0), 4);
-        assert_eq!(none.lr(0), 1.0);
-        assert_eq!(none.lr(2), 0.5);
+        assert_eq!(none.lr(1.0, 0), 1.0);
+        assert_eq!(none.lr(1.0, 2), 0.5);
         assert!(
             ScheduleConfig {
                 kind: ScheduleKind::Linear,
                 warmup: Warmup::Ratio(1.5)
             }
-            .build(1.0, 4)
+            .build(4)
             .is_err()
         );
     }

@@ -1,7 +1,6 @@
 //! The training loop: [`TrainerConfig`], [`Trainer::fit`] and [`TrainSummary`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -9,27 +8,16 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 use lora_core::LoraConfig;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
-use crate::checkpoint::{
-    FORMAT_VERSION, OPTIMIZER_FILE, TRAINABLE_FILE, TrainerState, latest_checkpoint,
-    list_checkpoints, prune_checkpoints, remove_stale, save_checkpoint, write_dir_atomic,
-};
+use crate::dataset::BatchSource;
 use crate::error::{Result, TrainError};
-use crate::metrics;
-use crate::model::{BatchSource, EvalOutput, Predictions, TrainModel, float_values};
-use crate::optim::{
-    AdamW, GradAccumulator, OptimizerConfig, global_norm, set_trainable_values, trainable_params,
-    trainable_values,
-};
-use crate::plot::plot_curves;
-use crate::progress::{MetricsLog, Progress, ProgressMode, step_record};
-use crate::sampler::{derive_seed, epoch_order, make_batches};
+use crate::loss::LossConfig;
+use crate::metrics::{self, Metric, Metrics};
+use crate::model::{EvalOutput, Predictions, TrainModel, scalar};
+use crate::optim::OptimizerConfig;
+use crate::progress::ProgressMode;
+use crate::run::{Fit, Inputs};
 use crate::schedule::ScheduleConfig;
-
-/// Evaluation results by name: `loss` always; `perplexity`, `accuracy`/`f1`/`mcc` or
-/// `pearson`/`spearman` depending on the task (see [`Predictions`]).
-pub type Metrics = BTreeMap<String, f64>;
 
 /// Whether and from where to resume.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -73,6 +61,9 @@ pub struct TrainerConfig {
     pub optimizer: OptimizerConfig,
     /// Learning-rate schedule. Default: linear decay, no warmup.
     pub schedule: ScheduleConfig,
+    /// How the training loss is computed (label smoothing), passed to every training step.
+    /// Default: the plain loss.
+    pub loss: LossConfig,
     /// Seed of data order and dropout. Default 42.
     pub seed: u64,
     /// Shuffle each epoch. Default true.
@@ -95,9 +86,9 @@ pub struct TrainerConfig {
     /// Keep only this many newest checkpoints. Default `Some(2)`.
     pub save_total_limit: Option<usize>,
     /// The evaluation metric that decides the best adapter (saved to `<output_dir>/best`)
-    /// and early stopping: `loss`, `perplexity`, `accuracy`, `f1`, `mcc`, `pearson`,
-    /// `spearman` (an `eval_` prefix is accepted). Default `loss`.
-    pub metric_for_best: String,
+    /// and early stopping (in files: `loss`, `accuracy`, ..., an `eval_` prefix accepted).
+    /// Default [`Metric::Loss`].
+    pub metric_for_best: Metric,
     /// Whether larger is better for that metric. Default `None`: false for `loss` and
     /// `perplexity`, true otherwise.
     pub greater_is_better: Option<bool>,
@@ -133,6 +124,7 @@ impl Default for TrainerConfig {
             gradient_accumulation_steps: 1,
             optimizer: OptimizerConfig::default(),
             schedule: ScheduleConfig::default(),
+            loss: LossConfig::default(),
             seed: 42,
             shuffle: true,
             group_by_length: false,
@@ -142,7 +134,7 @@ impl Default for TrainerConfig {
             save_steps: None,
             save_each_epoch: true,
             save_total_limit: Some(2),
-            metric_for_best: "loss".into(),
+            metric_for_best: Metric::Loss,
             greater_is_better: None,
             early_stopping_patience: None,
             early_stopping_threshold: 0.0,
@@ -197,18 +189,19 @@ impl TrainerConfig {
         if self.adapter_name.is_empty() {
             return Err(TrainError::config("adapter_name", "must not be empty"));
         }
+        self.loss.validate()?;
         self.optimizer.validate()
     }
 
-    fn best_key(&self) -> &str {
-        self.metric_for_best
-            .strip_prefix("eval_")
-            .unwrap_or(&self.metric_for_best)
+    /// The key of [`metric_for_best`](Self::metric_for_best) in [`Metrics`].
+    pub(crate) fn best_key(&self) -> &'static str {
+        self.metric_for_best.name()
     }
 
-    fn greater_is_better(&self) -> bool {
+    /// [`greater_is_better`](Self::greater_is_better), or the metric's own direction.
+    pub(crate) fn greater_is_better(&self) -> bool {
         self.greater_is_better
-            .unwrap_or(!matches!(self.best_key(), "loss" | "perplexity"))
+            .unwrap_or(self.metric_for_best.greater_is_better())
     }
 }
 
@@ -302,39 +295,25 @@ impl Interrupter {
 /// Fine-tunes a [`TrainModel`] on a [`BatchSource`].
 ///
 /// ```no_run
-/// # fn main() -> Result<(), lora_train::TrainError> {
+/// # fn run<M: lora_train::TrainModel<Batch = lora_train::TextBatch>>(
+/// #     model: M, lora: &lora_core::LoraConfig, tokenizer: &impl lora_train::Tokenizer,
+/// # ) -> lora_train::Result<()> {
 /// use burn::prelude::*;
-/// use lora_core::LoraConfig;
-/// use lora_models::{TextTokenizer, gpt2::{CAttnMode, Gpt2LmHeadModel, inject_gpt2_lora}};
 /// use lora_train::{Columns, DataConfig, Trainer, TrainerConfig, load_text_datasets};
 ///
-/// let device = Device::flex();
-/// device.seed(42);
-/// let (model, _) = Gpt2LmHeadModel::from_pretrained("gpt2", &device)?;
-/// let (model, lora) = inject_gpt2_lora(model, &LoraConfig::new(4, 32.0, &["c_attn"]), "default", CAttnMode::Fused)?;
-/// let tokenizer = TextTokenizer::from_dir("gpt2")?;
 /// let data = DataConfig { columns: Columns::e2e("text"), max_length: 128, ..Default::default() };
-/// let (train, valid) = load_text_datasets("e2e/train.txt".as_ref(), None, &data, &tokenizer)?;
+/// let (train, valid) = load_text_datasets("e2e/train.txt".as_ref(), None, &data, tokenizer)?;
 /// let config = TrainerConfig { output_dir: "out".into(), num_epochs: 5, ..Default::default() };
-/// let trained = Trainer::new(config, device)?.fit(model, &lora, &train, valid.as_ref())?;
+/// let trained = Trainer::new(config, Device::flex())?.fit(model, lora, &train, valid.as_ref())?;
 /// println!("{:?} after {} steps", trained.summary.final_eval, trained.summary.global_step);
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Trainer {
-    config: TrainerConfig,
-    device: Device,
-    interrupter: Interrupter,
-}
-
-/// The run's mutable position, saved in each checkpoint.
-struct Run {
-    state: TrainerState,
-    last_eval: Option<Metrics>,
-    last_eval_step: Option<usize>,
-    last_saved: Option<usize>,
-    stop: Option<StopReason>,
+    pub(crate) config: TrainerConfig,
+    pub(crate) device: Device,
+    pub(crate) interrupter: Interrupter,
 }
 
 impl Trainer {
@@ -365,9 +344,9 @@ impl Trainer {
     ///
     /// Per optimizer step: `gradient_accumulation_steps` micro-batches of `batch_size`
     /// examples, each with the device RNG reseeded from `(seed, step, micro-batch)`; the
-    /// gradient of the count-weighted mean loss; clipping to `max_grad_norm` (global norm);
-    /// one AdamW update at the scheduled learning rate. Checkpoints hold the adapter (PEFT
-    /// format), the trainable tensors, the optimizer state and [`TrainerState`]; resuming one
+    /// gradient of the count-weighted mean loss; one [`AdamW`](crate::AdamW) update (clipping
+    /// to `max_grad_norm`, the scheduled learning rate). Checkpoints hold the adapter (PEFT
+    /// format), the trainable tensors, the optimizer state and [`TrainerState`](crate::TrainerState); resuming one
     /// continues exactly as if the run had not stopped.
     ///
     /// A NaN or infinite loss or gradient norm stops training with [`TrainError::NonFinite`]
@@ -387,324 +366,13 @@ impl Trainer {
         M: TrainModel,
         D: BatchSource<Batch = M::Batch>,
     {
-        let c = &self.config;
         let wall = Instant::now();
-        if train.is_empty() {
-            return Err(TrainError::EmptyDataset {
-                what: "(training data)".into(),
-            });
-        }
-        if valid.is_some_and(|v| v.is_empty()) {
-            return Err(TrainError::EmptyDataset {
-                what: "(validation data)".into(),
-            });
-        }
-        if let Some(limits) = model.id_limits() {
-            train.check_ids(&limits, "training data")?;
-            valid.map_or(Ok(()), |v| v.check_ids(&limits, "validation data"))?;
-        }
-        let train_device = self.device.clone().autodiff();
-        let mut model = model.train();
-        let params = trainable_params(&model);
-        if params.is_empty() {
-            return Err(TrainError::config(
-                "model",
-                "it has no trainable parameter (inject an adapter first, on this device)",
-            ));
-        }
-        let micro_per_epoch = train.len().div_ceil(c.batch_size);
-        let steps_per_epoch = micro_per_epoch.div_ceil(c.gradient_accumulation_steps);
-        let total_steps = c.max_steps.unwrap_or(c.num_epochs * steps_per_epoch);
-        let schedule = c.schedule.build(c.optimizer.learning_rate, total_steps)?;
-        let mut optim = AdamW::new(c.optimizer);
-        let out = c.output_dir.clone();
-        std::fs::create_dir_all(&out).map_err(TrainError::io("cannot create", &out))?;
-        remove_stale(&out)?;
-
-        let fingerprint = format!("{:016x}", train.fingerprint());
-        let fresh = TrainerState {
-            format: FORMAT_VERSION,
-            global_step: 0,
-            epoch: 0,
-            batch_in_epoch: 0,
-            total_steps,
-            seed: c.seed,
-            batch_size: c.batch_size,
-            gradient_accumulation_steps: c.gradient_accumulation_steps,
-            shuffle: c.shuffle,
-            group_by_length: c.group_by_length,
-            train_len: train.len(),
-            data_fingerprint: fingerprint,
-            rng: "device RNG reseeded from (seed, step, micro-batch) before every forward; \
-                  epoch order from (seed, epoch) (SplitMix64 + Fisher-Yates)"
-                .into(),
-            metric_for_best: c.best_key().to_string(),
-            best_metric: None,
-            best_step: None,
-            evals_without_improvement: 0,
-            samples_seen: 0,
-            tokens_seen: 0,
-            last_learning_rate: 0.0,
-            last_loss: None,
-            elapsed_secs: 0.0,
-        };
-        let resume_dir = match &c.resume {
-            Resume::No => None,
-            Resume::Latest => latest_checkpoint(&out)?,
-            Resume::From(p) => Some(p.clone()),
-        };
-        if resume_dir.is_none() {
-            let old = list_checkpoints(&out)?;
-            if !old.is_empty() && !c.overwrite_output_dir {
-                let names: Vec<String> = old
-                    .iter()
-                    .filter_map(|(_, p)| p.file_name().map(|n| n.to_string_lossy().to_string()))
-                    .collect();
-                return Err(TrainError::config(
-                    "output_dir",
-                    format!(
-                        "{} already holds checkpoints ({}): resume with Resume::Latest, set \
-                         overwrite_output_dir, or choose another directory",
-                        out.display(),
-                        names.join(", ")
-                    ),
-                ));
-            }
-            for dir in old.into_iter().map(|(_, p)| p).chain([out.join("best")]) {
-                if dir.is_dir() {
-                    std::fs::remove_dir_all(&dir).map_err(TrainError::io("cannot remove", &dir))?;
-                }
-            }
-        }
-        let mut run = Run {
-            state: fresh.clone(),
-            last_eval: None,
-            last_eval_step: None,
-            last_saved: None,
-            stop: None,
-        };
-        if let Some(dir) = &resume_dir {
-            let state = TrainerState::load(dir)?;
-            check_compatible(&state, &fresh, dir)?;
-            let values = lora_core::read_safetensors(dir.join(TRAINABLE_FILE))?;
-            let values: HashMap<_, _> = values.into_iter().collect();
-            model = set_trainable_values(model, &values, &dir.join(TRAINABLE_FILE))?;
-            optim.load(&dir.join(OPTIMIZER_FILE), &params, &self.device)?;
-            run.state = TrainerState {
-                total_steps,
-                ..state
-            };
-            run.last_saved = Some(run.state.global_step);
-        }
-        let resumed_from = resume_dir.as_ref().map(|_| run.state.global_step);
-        let mut log = MetricsLog::open(&out.join("metrics.jsonl"), resumed_from)?;
-        let mut progress = Progress::new(
-            c.progress,
-            total_steps,
-            run.state.global_step,
-            c.logging_steps,
-        );
-        if let (Some(dir), Some(step)) = (&resume_dir, resumed_from) {
-            progress.message(&format!("resuming from {} (step {step})", dir.display()));
-        }
-        let initial_eval = match valid {
-            Some(v) if c.eval_on_start && resumed_from.is_none() => {
-                Some(self.log_eval(&model, v, run.state.global_step, 0.0, &mut log, &progress)?)
-            }
-            _ => None,
-        };
-        let elapsed_before = run.state.elapsed_secs;
-        let mut losses = Vec::new();
-        let mut tokens_run: u64 = 0;
-        let lengths = |i: usize| train.item_len(i);
-
-        let stop_at = c
-            .stop_after_steps
-            .map(|s| s.min(total_steps))
-            .unwrap_or(total_steps);
-        'epochs: while run.state.global_step < stop_at {
-            let epoch = run.state.epoch;
-            let order = epoch_order(train.len(), c.seed, epoch, c.shuffle);
-            let len_fn: &dyn Fn(usize) -> usize = &lengths;
-            let batches = make_batches(&order, c.batch_size, c.group_by_length.then_some(len_fn));
-            let start_group = run
-                .state
-                .batch_in_epoch
-                .div_ceil(c.gradient_accumulation_steps);
-            for group in batches
-                .chunks(c.gradient_accumulation_steps)
-                .skip(start_group)
-            {
-                if run.state.global_step >= stop_at {
-                    break 'epochs;
-                }
-                let step_index = run.state.global_step;
-                let mut acc = GradAccumulator::new();
-                let (mut loss_sum, mut count_sum, mut samples, mut tokens) =
-                    (0.0, 0usize, 0u64, 0u64);
-                for (micro, indices) in group.iter().enumerate() {
-                    let batch = train.batch(indices, &train_device)?;
-                    train_device.seed(derive_seed(c.seed, &[step_index as u64, micro as u64]));
-                    let output = model.train_grads(&batch)?;
-                    if output.count == 0 {
-                        return Err(TrainError::Step(
-                            "train_step returned a loss over 0 items".into(),
-                        ));
-                    }
-                    let value = scalar(output.loss.clone())?;
-                    if !value.is_finite() {
-                        return Err(self.non_finite(
-                            "loss",
-                            value,
-                            step_index + 1,
-                            &progress,
-                            &mut log,
-                        ));
-                    }
-                    acc.add_parts(&model, output.parts, output.count);
-                    loss_sum += value * output.count as f64;
-                    count_sum += output.count;
-                    samples += indices.len() as u64;
-                    tokens += indices
-                        .iter()
-                        .map(|&i| train.item_len(i) as u64)
-                        .sum::<u64>();
-                }
-                let grads = acc.finish();
-                let norm = global_norm(&grads)?;
-                if !norm.is_finite() {
-                    return Err(self.non_finite(
-                        "gradient norm",
-                        norm,
-                        step_index + 1,
-                        &progress,
-                        &mut log,
-                    ));
-                }
-                let clip = match c.optimizer.max_grad_norm {
-                    Some(max) if norm > max => max / (norm + 1e-6),
-                    _ => 1.0,
-                };
-                let lr = schedule.lr(step_index);
-                model = optim.step(model, grads, lr, clip);
-
-                let loss = loss_sum / count_sum as f64;
-                losses.push(loss);
-                tokens_run += tokens;
-                let st = &mut run.state;
-                st.global_step += 1;
-                st.batch_in_epoch += group.len();
-                st.samples_seen += samples;
-                st.tokens_seen += tokens;
-                st.last_learning_rate = lr;
-                st.last_loss = Some(loss);
-                let step = st.global_step;
-                let epoch_f = st.epoch as f64 + st.batch_in_epoch as f64 / micro_per_epoch as f64;
-                let tps = tokens_run as f64 / wall.elapsed().as_secs_f64().max(1e-9);
-                log.write(step_record(step, epoch_f, loss, lr, norm, tps))?;
-                progress.step(step, epoch_f, loss, lr, tps);
-
-                if c.eval_steps.is_some_and(|n| step.is_multiple_of(n))
-                    && let Some(v) = valid
-                {
-                    self.evaluate_and_track(
-                        &model, v, lora, &mut run, &mut log, &progress, epoch_f,
-                    )?;
-                }
-                if self.interrupter.is_stopped() || step == stop_at && stop_at < total_steps {
-                    run.stop = Some(StopReason::Interrupted);
-                }
-                if c.save_steps.is_some_and(|n| step.is_multiple_of(n)) || run.stop.is_some() {
-                    self.checkpoint(&model, lora, &optim, &mut run, elapsed_before, wall)?;
-                }
-                if run.stop.is_some() {
-                    break 'epochs;
-                }
-            }
-            if run.state.batch_in_epoch >= micro_per_epoch {
-                run.state.epoch += 1;
-                run.state.batch_in_epoch = 0;
-                let epoch_f = run.state.epoch as f64;
-                if c.eval_each_epoch
-                    && let Some(v) = valid
-                {
-                    self.evaluate_and_track(
-                        &model, v, lora, &mut run, &mut log, &progress, epoch_f,
-                    )?;
-                }
-                if c.save_each_epoch {
-                    self.checkpoint(&model, lora, &optim, &mut run, elapsed_before, wall)?;
-                }
-                if run.stop.is_some() {
-                    break;
-                }
-            }
-        }
-        let stop_reason = run.stop.unwrap_or(StopReason::Completed);
-        // A final evaluation when the last step was not evaluated (e.g. max_steps mid-epoch).
-        if stop_reason == StopReason::Completed
-            && run.last_eval_step != Some(run.state.global_step)
-            && let Some(v) = valid
-        {
-            let epoch_f =
-                run.state.epoch as f64 + run.state.batch_in_epoch as f64 / micro_per_epoch as f64;
-            self.evaluate_and_track(&model, v, lora, &mut run, &mut log, &progress, epoch_f)?;
-        }
-        if run.last_saved != Some(run.state.global_step) {
-            self.checkpoint(&model, lora, &optim, &mut run, elapsed_before, wall)?;
-        }
-        progress.finish();
-        let adapter_dir = out.join("adapter");
-        write_dir_atomic(&adapter_dir, |d| {
-            model
-                .save_adapter(lora, &c.adapter_name, d)
-                .map_err(Into::into)
-        })?;
-        if c.plot
-            && let Err(e) = plot_curves(
-                log.path(),
-                &out.join("curves.png"),
-                c.best_key(),
-                c.greater_is_better(),
-            )
-        {
-            progress.message(&format!("warning: no curves.png: {e}"));
-        }
-        let wall_time = wall.elapsed();
-        let best_adapter = out.join("best");
-        let summary = TrainSummary {
-            global_step: run.state.global_step,
-            total_steps,
-            epochs: run.state.epoch as f64
-                + run.state.batch_in_epoch as f64 / micro_per_epoch as f64,
-            stop_reason,
-            resumed_from,
-            losses,
-            initial_eval,
-            final_eval: run.last_eval.clone(),
-            best: match (run.state.best_metric, run.state.best_step) {
-                (Some(value), Some(step)) => Some(BestMetric {
-                    name: run.state.metric_for_best.clone(),
-                    value,
-                    step,
-                }),
-                _ => None,
-            },
-            adapter_dir,
-            best_adapter_dir: best_adapter.is_dir().then_some(best_adapter),
-            last_checkpoint: latest_checkpoint(&out)?,
-            metrics_log: log.path().to_path_buf(),
-            tokens: tokens_run,
-            tokens_per_second: tokens_run as f64 / wall_time.as_secs_f64().max(1e-9),
-            wall_time,
-        };
-        let line = match (&summary.final_eval, summary.losses.last()) {
-            (Some(m), _) => format!("done: step {} eval {}", summary.global_step, fmt_metrics(m)),
-            (None, Some(l)) => format!("done: step {} loss {l:.4}", summary.global_step),
-            _ => format!("done: step {}", summary.global_step),
-        };
-        progress.message(&line);
-        Ok(Trained { model, summary })
+        check_data(&model, train, valid)?;
+        let inputs = Inputs { lora, train, valid };
+        let (mut fit, model) = Fit::start(self, inputs, model.train(), wall)?;
+        let initial_eval = fit.initial_eval(&model)?;
+        let model = fit.run_epochs(model)?;
+        fit.finish(model, initial_eval)
     }
 
     /// Evaluates `model` on `data` (in `valid()` mode, batches of `eval_batch_size` in data
@@ -738,291 +406,40 @@ impl Trainer {
                 count: n,
                 predictions,
             } = model.eval_step(&batch)?;
-            let value = scalar(loss)?;
-            loss_sum += value * n as f64;
+            loss_sum += scalar(loss)? * n as f64;
             count += n;
             all = Some(match all {
                 None => predictions,
-                Some(prev) => merge(prev, predictions)?,
+                Some(prev) => prev.append(predictions)?,
             });
         }
         let loss = loss_sum / count.max(1) as f64;
-        let mut m = Metrics::new();
-        m.insert("loss".into(), loss);
-        match all.unwrap_or(Predictions::None) {
-            Predictions::None => {}
-            Predictions::LanguageModel => {
-                m.insert("perplexity".into(), metrics::perplexity(loss));
-            }
-            Predictions::Classes {
-                predicted,
-                gold,
-                num_classes,
-            } => {
-                m.insert("accuracy".into(), metrics::accuracy(&predicted, &gold));
-                m.insert("f1".into(), metrics::f1(&predicted, &gold, num_classes));
-                m.insert("mcc".into(), metrics::mcc(&predicted, &gold, num_classes));
-            }
-            Predictions::Values { predicted, gold } => {
-                m.insert("pearson".into(), metrics::pearson(&predicted, &gold));
-                m.insert("spearman".into(), metrics::spearman(&predicted, &gold));
-            }
-        }
-        Ok(m)
-    }
-
-    /// Evaluates, writes the `eval_*` record of `step` to the log and reports it.
-    fn log_eval<M, D>(
-        &self,
-        model: &M,
-        valid: &D,
-        step: usize,
-        epoch: f64,
-        log: &mut MetricsLog,
-        progress: &Progress,
-    ) -> Result<Metrics>
-    where
-        M: TrainModel,
-        D: BatchSource<Batch = M::Batch>,
-    {
-        let m = self.evaluate(model, valid)?;
-        let mut record = serde_json::Map::new();
-        record.insert("step".into(), json!(step));
-        record.insert("epoch".into(), json!(epoch));
-        for (k, v) in &m {
-            record.insert(format!("eval_{k}"), json!(v));
-        }
-        log.write(Value::Object(record))?;
-        progress.message(&format!(
-            "eval step {step} epoch {epoch:.2}: {}",
-            fmt_metrics(&m)
-        ));
-        Ok(m)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn evaluate_and_track<M, D>(
-        &self,
-        model: &M,
-        valid: &D,
-        lora: &LoraConfig,
-        run: &mut Run,
-        log: &mut MetricsLog,
-        progress: &Progress,
-        epoch: f64,
-    ) -> Result<()>
-    where
-        M: TrainModel,
-        D: BatchSource<Batch = M::Batch>,
-    {
-        let c = &self.config;
-        let step = run.state.global_step;
-        let m = self.log_eval(model, valid, step, epoch, log, progress)?;
-        let key = c.best_key();
-        let value = *m.get(key).ok_or_else(|| {
-            TrainError::config(
-                "metric_for_best",
-                format!(
-                    "`{key}` is not computed for this task (available: {})",
-                    m.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })?;
-        let greater = c.greater_is_better();
-        let t = c.early_stopping_threshold;
-        let improved = match run.state.best_metric {
-            None => value.is_finite(),
-            Some(best) if greater => value > best + t,
-            Some(best) => value < best - t,
-        };
-        if improved {
-            run.state.best_metric = Some(value);
-            run.state.best_step = Some(step);
-            run.state.evals_without_improvement = 0;
-            write_dir_atomic(&c.output_dir.join("best"), |d| {
-                model
-                    .save_adapter(lora, &c.adapter_name, d)
-                    .map_err(Into::into)
-            })?;
-        } else {
-            run.state.evals_without_improvement += 1;
-            if c.early_stopping_patience
-                .is_some_and(|p| run.state.evals_without_improvement >= p)
-            {
-                progress.message(&format!(
-                    "early stopping: no improvement of {key} in {} evaluations (best {:.6} at step {})",
-                    run.state.evals_without_improvement,
-                    run.state.best_metric.unwrap_or(f64::NAN),
-                    run.state.best_step.unwrap_or(0)
-                ));
-                run.stop = Some(StopReason::EarlyStopping);
-            }
-        }
-        run.last_eval = Some(m);
-        run.last_eval_step = Some(step);
-        Ok(())
-    }
-
-    fn checkpoint<M: TrainModel>(
-        &self,
-        model: &M,
-        lora: &LoraConfig,
-        optim: &AdamW,
-        run: &mut Run,
-        elapsed_before: f64,
-        wall: Instant,
-    ) -> Result<()> {
-        let c = &self.config;
-        run.state.elapsed_secs = elapsed_before + wall.elapsed().as_secs_f64();
-        let step = run.state.global_step;
-        save_checkpoint(&c.output_dir, step, |dir| {
-            model.save_adapter(lora, &c.adapter_name, dir)?;
-            let values = trainable_values(model)?;
-            let file = dir.join(TRAINABLE_FILE);
-            let bytes = lora_core::io::serialize_safetensors(&values, &[("format", "pt")], &file)?;
-            lora_core::io::write_atomic(&file, &bytes)?;
-            optim.save(&dir.join(OPTIMIZER_FILE))?;
-            run.state.save(dir)
-        })?;
-        run.last_saved = Some(step);
-        if let Some(k) = c.save_total_limit {
-            prune_checkpoints(&c.output_dir, k)?;
-        }
-        Ok(())
-    }
-
-    fn non_finite(
-        &self,
-        what: &'static str,
-        value: f64,
-        step: usize,
-        progress: &Progress,
-        log: &mut MetricsLog,
-    ) -> TrainError {
-        let last_checkpoint = latest_checkpoint(&self.config.output_dir).ok().flatten();
-        let _ = log.write(json!({"step": step, "stopped": format!("non-finite {what}: {value}")}));
-        progress.finish();
-        TrainError::NonFinite {
-            what,
-            value,
-            step,
-            last_checkpoint,
-        }
+        Ok(metrics::of_predictions(
+            loss,
+            all.unwrap_or(Predictions::None),
+        ))
     }
 }
 
-fn check_compatible(saved: &TrainerState, now: &TrainerState, dir: &Path) -> Result<()> {
-    let mut diffs = Vec::new();
-    let mut cmp = |name: &str, a: String, b: String| {
-        if a != b {
-            diffs.push(format!("{name}: checkpoint {a}, now {b}"));
-        }
-    };
-    cmp("seed", saved.seed.to_string(), now.seed.to_string());
-    cmp(
-        "batch_size",
-        saved.batch_size.to_string(),
-        now.batch_size.to_string(),
-    );
-    cmp(
-        "gradient_accumulation_steps",
-        saved.gradient_accumulation_steps.to_string(),
-        now.gradient_accumulation_steps.to_string(),
-    );
-    cmp(
-        "shuffle",
-        saved.shuffle.to_string(),
-        now.shuffle.to_string(),
-    );
-    cmp(
-        "group_by_length",
-        saved.group_by_length.to_string(),
-        now.group_by_length.to_string(),
-    );
-    cmp(
-        "training examples",
-        saved.train_len.to_string(),
-        now.train_len.to_string(),
-    );
-    cmp(
-        "data fingerprint",
-        saved.data_fingerprint.clone(),
-        now.data_fingerprint.clone(),
-    );
-    cmp(
-        "metric_for_best",
-        saved.metric_for_best.clone(),
-        now.metric_for_best.clone(),
-    );
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "cannot resume exactly, the run differs ({})",
-                diffs.join("; ")
-            ),
-        })
+/// Refuses empty datasets and token ids the model's embeddings do not hold.
+fn check_data<M, D>(model: &M, train: &D, valid: Option<&D>) -> Result<()>
+where
+    M: TrainModel,
+    D: BatchSource<Batch = M::Batch>,
+{
+    if train.is_empty() {
+        return Err(TrainError::EmptyDataset {
+            what: "(training data)".into(),
+        });
     }
-}
-
-fn merge(a: Predictions, b: Predictions) -> Result<Predictions> {
-    Ok(match (a, b) {
-        (Predictions::None, Predictions::None) => Predictions::None,
-        (Predictions::LanguageModel, Predictions::LanguageModel) => Predictions::LanguageModel,
-        (
-            Predictions::Classes {
-                mut predicted,
-                mut gold,
-                num_classes,
-            },
-            Predictions::Classes {
-                predicted: p2,
-                gold: g2,
-                num_classes: n2,
-            },
-        ) => {
-            predicted.extend(p2);
-            gold.extend(g2);
-            Predictions::Classes {
-                predicted,
-                gold,
-                num_classes: num_classes.max(n2),
-            }
-        }
-        (
-            Predictions::Values {
-                mut predicted,
-                mut gold,
-            },
-            Predictions::Values {
-                predicted: p2,
-                gold: g2,
-            },
-        ) => {
-            predicted.extend(p2);
-            gold.extend(g2);
-            Predictions::Values { predicted, gold }
-        }
-        _ => {
-            return Err(TrainError::Step(
-                "eval_step returned different kinds of predictions across batches".into(),
-            ));
-        }
-    })
-}
-
-fn scalar(t: Tensor<1>) -> Result<f64> {
-    float_values(t, "loss")?
-        .first()
-        .copied()
-        .ok_or_else(|| TrainError::Step("the loss tensor is empty".into()))
-}
-
-fn fmt_metrics(m: &Metrics) -> String {
-    m.iter()
-        .map(|(k, v)| format!("{k} {v:.4}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    if valid.is_some_and(|v| v.is_empty()) {
+        return Err(TrainError::EmptyDataset {
+            what: "(validation data)".into(),
+        });
+    }
+    if let Some(limits) = model.id_limits() {
+        train.check_ids(&limits, "training data")?;
+        valid.map_or(Ok(()), |v| v.check_ids(&limits, "validation data"))?;
+    }
+    Ok(())
 }

@@ -164,7 +164,7 @@ struct TrainArgs {
     epochs: usize,
     /// Metric that picks the best adapter (accuracy, f1, mcc, pearson, spearman, loss).
     #[arg(long)]
-    metric: Option<String>,
+    metric: Option<lora_train::Metric>,
 }
 
 #[derive(Args)]
@@ -312,12 +312,8 @@ fn resolve_head<M: EncoderCheckpoint>(config: &BertConfig, adapter: Option<&Path
 /// Runs `$body` with `$M` bound to the classifier class of the checkpoint's family.
 macro_rules! with_classifier {
     ($dir:expr, $M:ident => $body:expr) => {{
-        let (_, config_json) = lora_models::hf::read_config_json($dir)?;
-        let roberta = config_json
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .is_some_and(|t| t.contains("roberta"));
-        if roberta {
+        let family = lora_models::bert::BertConfig::load($dir)?.family();
+        if family == lora_models::bert::EncoderFamily::Roberta {
             type $M = RobertaForSequenceClassification;
             $body
         } else {
@@ -371,13 +367,10 @@ where
     let mut run = run;
     run["lora"] = serde_json::json!(lora);
     lora_core::io::write_atomic(&a.run.out.join("run.json"), run.to_string().as_bytes())?;
-    let metric = a.metric.clone().unwrap_or_else(|| {
-        if a.data_args.regression {
-            "pearson"
-        } else {
-            "accuracy"
-        }
-        .into()
+    let metric = a.metric.unwrap_or(if a.data_args.regression {
+        lora_train::Metric::Pearson
+    } else {
+        lora_train::Metric::Accuracy
     });
     let config = TrainerConfig {
         output_dir: a.run.out.clone(),
@@ -396,7 +389,7 @@ where
         // The held-out score of the starting point (fresh head, B = 0), so the run shows what
         // LoRA changed; a resumed run already recorded it.
         eval_on_start: true,
-        metric_for_best: metric.clone(),
+        metric_for_best: metric,
         resume: a.run.resume_mode(),
         overwrite_output_dir: a.run.overwrite,
         ..TrainerConfig::default()
@@ -427,34 +420,32 @@ where
         s.wall_time,
         s.adapter_dir.display()
     );
-    report_held_out(&a.run.out, s, &metric)
+    report_held_out(&a.run.out, s, metric)
 }
 
 /// Writes `eval_before.json` and prints the held-out `metric` before and after training.
-fn report_held_out(out: &Path, s: &lora_train::TrainSummary, metric: &str) -> Result<()> {
+fn report_held_out(
+    out: &Path,
+    s: &lora_train::TrainSummary,
+    metric: lora_train::Metric,
+) -> Result<()> {
     if let Some(b) = &s.initial_eval {
         let text = serde_json::to_string(b).unwrap_or_default();
         lora_core::io::write_atomic(&out.join("eval_before.json"), text.as_bytes())?;
     }
     if let Some(m) = &s.final_eval {
-        eprintln!("validation after training: {}", metric_line(m));
+        eprintln!(
+            "validation after training: {}",
+            lora_train::format_metrics(m)
+        );
         if let Some(b) = &s.initial_eval {
-            // The trainer accepts an `eval_` prefix; the metrics maps are keyed without it.
-            let key = metric.strip_prefix("eval_").unwrap_or(metric);
+            let key = metric.name();
             if let (Some(x), Some(y)) = (b.get(key), m.get(key)) {
                 eprintln!("held-out {key}: {x:.4} before → {y:.4} after LoRA");
             }
         }
     }
     Ok(())
-}
-
-/// `name value` pairs of a metrics map, on one line.
-fn metric_line(m: &lora_train::Metrics) -> String {
-    m.iter()
-        .map(|(k, v)| format!("{k} {v:.4}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn train(mut a: TrainArgs) -> Result<()> {

@@ -24,8 +24,8 @@ use lora_models::gpt2::{
     CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, MemoryOptions, inject_gpt2_lora,
 };
 use lora_train::{
-    Columns, DataConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, Trainer, TrainerConfig,
-    Warmup, load_text_datasets,
+    Columns, DataConfig, LossConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, Trainer,
+    TrainerConfig, Warmup, load_text_datasets,
 };
 
 #[derive(Parser)]
@@ -385,12 +385,10 @@ fn train(mut a: TrainArgs) -> Result<()> {
     if a.loss_chunk == Some(0) {
         return Err(CliError::Message("--loss-chunk must be at least 1".into()));
     }
-    let model = model
-        .with_label_smoothing(a.label_smoothing)
-        .with_memory(MemoryOptions {
-            checkpoint_blocks: a.gradient_checkpointing,
-            loss_chunk: a.loss_chunk,
-        });
+    let model = model.with_memory(MemoryOptions {
+        checkpoint_blocks: a.gradient_checkpointing,
+        loss_chunk: a.loss_chunk,
+    });
     eprintln!("{}", ParamReport::new(&model, &lora).summary());
     let config = TrainerConfig {
         output_dir: a.run.out.clone(),
@@ -405,6 +403,9 @@ fn train(mut a: TrainArgs) -> Result<()> {
         schedule: ScheduleConfig {
             kind: ScheduleKind::Linear,
             warmup: Warmup::Steps(a.warmup_steps),
+        },
+        loss: LossConfig {
+            label_smoothing: a.label_smoothing,
         },
         seed: a.run.seed,
         resume: a.run.resume_mode(),
@@ -558,7 +559,7 @@ fn group_mrs(records: Vec<lora_train::Record>) -> Vec<Mr> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut mrs: Vec<Mr> = Vec::new();
     for r in records {
-        let lora_train::data::RawTarget::Completion(reference) = r.target else {
+        let lora_train::records::RawTarget::Completion(reference) = r.target else {
             continue;
         };
         let key = r.text.trim().to_string();

@@ -4,20 +4,12 @@
 use std::path::Path;
 
 use burn::prelude::*;
+pub use lora_train::PaddingSide;
+use lora_train::pad_rows;
 
 use super::config::{BertConfig, EncoderFamily};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::TextTokenizer;
-
-/// Where padding goes in a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PaddingSide {
-    /// After the tokens (transformers' default for encoders).
-    #[default]
-    Right,
-    /// Before the tokens.
-    Left,
-}
 
 /// A padded batch of encoder inputs.
 #[derive(Debug, Clone)]
@@ -46,12 +38,6 @@ impl EncoderBatch {
         if rows.is_empty() || t == 0 {
             return Err(ModelError::InvalidInput("empty batch or sequence".into()));
         }
-        let b = rows.len();
-        let (mut ids, mut mask, mut types) = (
-            Vec::with_capacity(b * t),
-            Vec::with_capacity(b * t),
-            Vec::with_capacity(b * t),
-        );
         for (i, (row, row_types)) in rows.iter().enumerate() {
             if row_types.len() != row.len() {
                 return Err(ModelError::InvalidInput(format!(
@@ -60,27 +46,16 @@ impl EncoderBatch {
                     row_types.len()
                 )));
             }
-            let pad = t - row.len();
-            let padding = |ids: &mut Vec<i64>, mask: &mut Vec<i64>, types: &mut Vec<i64>| {
-                ids.extend(std::iter::repeat_n(pad_id as i64, pad));
-                mask.extend(std::iter::repeat_n(0, pad));
-                types.extend(std::iter::repeat_n(0, pad));
-            };
-            if side == PaddingSide::Left {
-                padding(&mut ids, &mut mask, &mut types);
-            }
-            ids.extend(row.iter().map(|&x| x as i64));
-            mask.extend(std::iter::repeat_n(1, row.len()));
-            types.extend(row_types.iter().map(|&x| x as i64));
-            if side == PaddingSide::Right {
-                padding(&mut ids, &mut mask, &mut types);
-            }
         }
-        let tensor = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [b, t]), device);
+        let rows: Vec<(&[u32], &[u32])> = (rows.iter())
+            .map(|(ids, types)| (ids.as_slice(), types.as_slice()))
+            .collect();
+        let [input_ids, attention_mask, token_type_ids] =
+            pad_rows(&rows, pad_id, side).tensors(device);
         Ok(Self {
-            input_ids: tensor(ids),
-            attention_mask: tensor(mask),
-            token_type_ids: tensor(types),
+            input_ids,
+            attention_mask,
+            token_type_ids,
         })
     }
 

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::activation::Activation;
 use crate::error::{ModelError, Result};
-use crate::gpt2::Activation;
 use crate::hf::read_config_json;
 
 /// Which member of the family a checkpoint is; decides position ids, the key prefix and the

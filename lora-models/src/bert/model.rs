@@ -12,11 +12,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerN
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax, tanh};
 
-use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, LoraSites, join_path, lora_sites};
+use lora_core::sites::join_path;
+use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, LoraSites, lora_sites};
 
 use super::config::{BertConfig, EncoderFamily};
+use crate::activation::Activation;
 use crate::error::{ModelError, Result};
-use crate::gpt2::Activation;
 use crate::init::{hf_embedding, hf_linear, hf_table};
 
 /// The Hugging Face name of a burn parameter path of these models: `self_attn` → `self`,

@@ -5,7 +5,7 @@ use burn::prelude::*;
 
 use super::config::ProblemType;
 use crate::error::{ModelError, Result};
-use crate::loss::cross_entropy;
+use lora_train::loss::cross_entropy;
 
 /// Training targets of a sequence-classification head.
 #[derive(Debug, Clone)]

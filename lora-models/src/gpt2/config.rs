@@ -4,25 +4,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::activation::Activation;
 use crate::error::{ModelError, Result};
 use crate::hf::read_config_json;
-
-/// The activations GPT-2 checkpoints use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Activation {
-    /// `gelu_new` (tanh approximation; GPT-2's own).
-    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
-    GeluNew,
-    /// Exact GELU (erf).
-    #[serde(rename = "gelu")]
-    Gelu,
-    /// ReLU.
-    #[serde(rename = "relu")]
-    Relu,
-    /// SiLU / swish.
-    #[serde(rename = "silu", alias = "swish")]
-    Silu,
-}
 
 /// GPT-2 configuration with Hugging Face's field names and defaults; unknown keys are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

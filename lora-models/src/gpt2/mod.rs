@@ -22,7 +22,8 @@ mod lora;
 mod model;
 mod segmented;
 
-pub use config::{Activation, Gpt2Config};
+pub use crate::activation::Activation;
+pub use config::Gpt2Config;
 pub use generate::{Decoding, Generation, GenerationConfig};
 pub use loader::normalize_keys;
 pub use lora::{CAttnMode, default_targets, inject_gpt2_lora};

@@ -8,7 +8,8 @@ use burn::tensor::activation::softmax;
 
 use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, lora_sites};
 
-use super::config::{Activation, Gpt2Config};
+use super::config::Gpt2Config;
+use crate::activation::Activation;
 use crate::error::{ModelError, Result};
 use crate::init::{hf_embedding, hf_linear, hf_table};
 
@@ -200,10 +201,6 @@ lora_sites!(Gpt2Model { wte, h });
 pub struct Gpt2LmHeadModel {
     /// The body, under Hugging Face's `transformer.` prefix.
     pub transformer: Gpt2Model,
-    /// Label smoothing ε of the training loss (0 = none; the LoRA paper's E2E setup uses 0.1).
-    /// A training setting kept with the model, like its dropout rates; evaluation ignores it.
-    #[module(skip)]
-    pub label_smoothing: f64,
     /// How the training step trades compute for memory (activation checkpointing, a chunked
     /// loss; see [`MemoryOptions`](super::MemoryOptions)). Off by default; inference ignores it.
     #[module(skip)]
@@ -260,7 +257,6 @@ impl Gpt2Config {
             })
             .collect();
         Gpt2LmHeadModel {
-            label_smoothing: 0.0,
             memory: super::MemoryOptions::default(),
             transformer: Gpt2Model {
                 wte: hf_table(self.vocab_size, d, std, device),
@@ -411,12 +407,6 @@ impl Gpt2Model {
 }
 
 impl Gpt2LmHeadModel {
-    /// Sets the label smoothing of the training loss (see [`label_smoothing`](Self::label_smoothing)).
-    pub fn with_label_smoothing(mut self, epsilon: f64) -> Self {
-        self.label_smoothing = epsilon;
-        self
-    }
-
     /// Sets how the training step trades compute for memory (see [`memory`](Self::memory)).
     pub fn with_memory(mut self, options: super::MemoryOptions) -> Self {
         self.memory = options;

@@ -10,7 +10,7 @@ use lora_core::LoraLayer;
 use super::model::{Gpt2LmHeadModel, Gpt2Model};
 use crate::checkpoint::{self, Stack, grad_of, push_vjp};
 use crate::error::{ModelError, Result};
-use crate::loss::{IGNORE_INDEX, cross_entropy_sum};
+use lora_train::loss::{IGNORE_INDEX, cross_entropy_sum};
 
 /// How a training step trades compute for memory. Both are off by default (one forward, one
 /// backward, everything kept).
@@ -209,7 +209,7 @@ impl Gpt2LmHeadModel {
         let chunk = self.memory.loss_chunk.unwrap_or(usize::MAX).min(cap).max(1);
         if b * t <= chunk {
             let logits = self.forward(ids, attention_mask)?;
-            return Ok(crate::loss::causal_lm_loss(logits, labels, smoothing));
+            return Ok(lora_train::loss::causal_lm_loss(logits, labels, smoothing));
         }
         if labels.dims() != [b, t] || t < 2 {
             return Err(ModelError::InvalidInput(format!(

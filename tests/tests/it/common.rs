@@ -29,10 +29,24 @@ pub fn assets_required() -> bool {
     std::env::var("LORA_REQUIRE_ASSETS").is_ok_and(|v| v == "1")
 }
 
+/// The CPU devices of this build plus wgpu when an adapter exists, with their names.
+fn test_devices() -> Vec<(&'static str, Device)> {
+    let mut out = Vec::new();
+    for name in ["flex", "ndarray"] {
+        if let Ok(d) = lora_core::device::parse_device(name) {
+            out.push((name, d));
+        }
+    }
+    if let Ok(d) = lora_core::device::wgpu_device() {
+        out.push(("wgpu", d));
+    }
+    out
+}
+
 /// Devices every backend-generic test runs on: flex and ndarray always, wgpu when an adapter
 /// exists (otherwise a visible skip line, or a failure under [`assets_required`]).
 pub fn devices() -> Vec<(&'static str, Device)> {
-    let devices = lora_core::device::test_devices();
+    let devices = test_devices();
     if !devices.iter().any(|(n, _)| *n == "wgpu") {
         let why = lora_core::device::wgpu_device().err().unwrap_or_default();
         assert!(

@@ -8,8 +8,8 @@ use burn::prelude::*;
 use lora_core::io::HostTensor;
 use lora_core::{InitLoraWeights, LoraConfig, LoraModelExt, load_adapter, save_adapter};
 use lora_models::gpt2::{CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, inject_gpt2_lora};
-use lora_models::loss::{causal_lm_loss, labels_from_mask};
 use lora_models::{ModelError, TextTokenizer};
+use lora_train::loss::{causal_lm_loss, labels_from_mask};
 
 use crate::common::{devices, fixture, host, load};
 

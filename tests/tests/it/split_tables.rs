@@ -17,7 +17,7 @@ use lora_models::bert::{
 use lora_models::gpt2::{
     CAttnMode, GenerationConfig, Gpt2Config, Gpt2LmHeadModel, MemoryOptions, inject_gpt2_lora,
 };
-use lora_models::loss::{causal_lm_loss, labels_from_mask};
+use lora_train::loss::{causal_lm_loss, labels_from_mask};
 
 use crate::common::{assert_close, devices, fixture, host, load};
 use crate::encoder::{enc, masked_diff, reference};

@@ -15,16 +15,16 @@ use lora_core::{
 };
 use lora_models::TextTokenizer;
 use lora_models::gpt2::{CAttnMode, Gpt2LmHeadModel, inject_gpt2_lora};
-use lora_models::loss::IGNORE_INDEX;
 use lora_train::checkpoint::{
     OPTIMIZER_FILE, TRAINABLE_FILE, latest_checkpoint, list_checkpoints, save_checkpoint,
 };
+use lora_train::loss::IGNORE_INDEX;
 use lora_train::optim::{GradAccumulator, trainable_params, trainable_values};
 use lora_train::{
-    AdamW, BatchSource, Columns, DataConfig, EvalOutput, ItemTarget, LossOutput, OptimizerConfig,
-    Predictions, ProgressMode, Resume, ScheduleConfig, ScheduleKind, StopReason, TargetKind, Task,
-    TextBatch, TextDataset, TextItem, TrainError, TrainModel, Trainer, TrainerConfig, TrainerState,
-    Warmup, class_loss, load_text_datasets, metrics,
+    AdamW, BatchSource, Columns, DataConfig, EvalOutput, ItemTarget, LossConfig, LossOutput,
+    OptimizerConfig, Predictions, ProgressMode, Resume, ScheduleConfig, ScheduleKind, StopReason,
+    TargetKind, Task, TextBatch, TextDataset, TextItem, TrainError, TrainModel, Trainer,
+    TrainerConfig, TrainerState, Warmup, class_loss, load_text_datasets, metrics,
 };
 
 use crate::common::{Tiny, devices, fixture, host, toy_classes};
@@ -516,12 +516,13 @@ fn only_trainable_parameters_have_optimizer_state() {
         let mut optim = AdamW::new(OptimizerConfig {
             learning_rate: 1e-3,
             loraplus_lr_ratio: ratio,
+            max_grad_norm: None,
             ..Default::default()
         });
-        let out = model.train_step(&batch).unwrap();
+        let out = model.train_step(&batch, &LossConfig::default()).unwrap();
         let mut acc = GradAccumulator::new();
         acc.add(&model, out.loss.backward(), out.count);
-        let updated = optim.step(model.clone(), acc.finish(), 1e-3, 1.0);
+        let updated = optim.step(model.clone(), acc.finish(), 0, None).unwrap();
         (optim, updated)
     };
     let (optim, updated) = step(None);
@@ -684,7 +685,7 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 impl TrainModel for Tiny {
     type Batch = TextBatch;
 
-    fn train_step(&self, batch: &TextBatch) -> lora_train::Result<LossOutput> {
+    fn train_step(&self, batch: &TextBatch, _: &LossConfig) -> lora_train::Result<LossOutput> {
         let logits = self.forward(batch.input_ids.clone());
         Ok(LossOutput::new(
             class_loss(logits, batch.class_labels()?),
@@ -724,7 +725,7 @@ fn classifier_trains_evaluates_and_stops_early() {
     let config = TrainerConfig {
         num_epochs: 10,
         batch_size: 8,
-        metric_for_best: "accuracy".into(),
+        metric_for_best: lora_train::Metric::Accuracy,
         eval_each_epoch: true,
         optimizer: OptimizerConfig {
             learning_rate: 3e-2,
@@ -770,7 +771,7 @@ fn classifier_trains_evaluates_and_stops_early() {
     let frozen = TrainerConfig {
         output_dir: out2.path().to_path_buf(),
         early_stopping_patience: Some(2),
-        metric_for_best: "loss".into(),
+        metric_for_best: lora_train::Metric::Loss,
         optimizer: OptimizerConfig {
             learning_rate: 0.0,
             ..Default::default()
@@ -786,7 +787,7 @@ fn classifier_trains_evaluates_and_stops_early() {
     // An unknown metric for this task is a clear error.
     let out3 = tempfile::tempdir().unwrap();
     let bad = TrainerConfig {
-        metric_for_best: "pearson".into(),
+        metric_for_best: lora_train::Metric::Pearson,
         max_steps: Some(1),
         ..quiet(out3.path())
     };
@@ -835,7 +836,7 @@ fn encoders_fine_tune_on_classification_and_regression() {
         num_epochs: 10,
         batch_size: 3,
         eval_each_epoch: true,
-        metric_for_best: "mcc".into(),
+        metric_for_best: lora_train::Metric::Mcc,
         optimizer: OptimizerConfig {
             learning_rate: 1e-2,
             ..Default::default()
@@ -915,7 +916,7 @@ fn encoders_fine_tune_on_classification_and_regression() {
     let config = TrainerConfig {
         num_epochs: 15,
         batch_size: 2,
-        metric_for_best: "pearson".into(),
+        metric_for_best: lora_train::Metric::Pearson,
         optimizer: OptimizerConfig {
             learning_rate: 1e-2,
             ..Default::default()
@@ -1192,13 +1193,18 @@ fn label_smoothing_applies_to_training_only() {
     let (train, _) = lm_data(32);
     let batch = lora_train::BatchSource::batch(&train, &[0, 1, 2], &device).unwrap();
     let model = gpt2(&fixture("gpt2/tiny-a"), &device);
-    let plain = model.train_step(&batch).unwrap().loss;
-    let smoothed_model = model.clone().with_label_smoothing(0.1);
-    let smoothed = smoothed_model.train_step(&batch).unwrap().loss;
+    let plain = model
+        .train_step(&batch, &LossConfig::default())
+        .unwrap()
+        .loss;
+    let smoothing = LossConfig {
+        label_smoothing: 0.1,
+    };
+    let smoothed = model.train_step(&batch, &smoothing).unwrap().loss;
     let logits = model
         .forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))
         .unwrap();
-    let want = lora_models::loss::causal_lm_loss(logits, batch.token_labels().unwrap(), 0.1);
+    let want = lora_train::loss::causal_lm_loss(logits, batch.token_labels().unwrap(), 0.1);
     let (p, s, w) = (
         host(plain).data[0],
         host(smoothed).data[0],
@@ -1206,7 +1212,7 @@ fn label_smoothing_applies_to_training_only() {
     );
     assert!((s - w).abs() <= 1e-6 * w.abs(), "smoothed {s} vs {w}");
     assert!((s - p).abs() > 1e-3, "smoothing changes the training loss");
-    let eval = smoothed_model.eval_step(&batch).unwrap().loss;
+    let eval = model.eval_step(&batch).unwrap().loss;
     assert!(
         (host(eval).data[0] - p).abs() <= 1e-6 * p.abs(),
         "eval ignores smoothing"

@@ -511,7 +511,11 @@ macro_rules! classifier {
         impl TrainModel for $model {
             type Batch = TextBatch;
 
-            fn train_step(&self, batch: &TextBatch) -> lora_train::Result<LossOutput> {
+            fn train_step(
+                &self,
+                batch: &TextBatch,
+                _: &lora_train::LossConfig,
+            ) -> lora_train::Result<LossOutput> {
                 let logits = ($forward)(self, batch.input_ids.clone());
                 Ok(LossOutput::new(
                     class_loss(logits, batch.class_labels()?),

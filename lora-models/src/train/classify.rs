@@ -1,31 +1,31 @@
-//! Sequence classification and regression with the encoders of lora-models:
+//! Sequence classification and regression with the encoders:
 //! [`TrainModel`] for [`RobertaForSequenceClassification`] and [`BertForSequenceClassification`]
 //! on [`TextBatch`]es with class or value targets, plus the two helpers any classifier can use.
 //!
 //! The data's classes must be the head's labels, in order: name them with
-//! [`Task::Classification`](crate::Task::Classification)`{ labels: Some(..) }` taken from the
+//! [`Task::Classification`](lora_train::Task::Classification)`{ labels: Some(..) }` taken from the
 //! checkpoint's `id2label` when the file's labels are names. A one-label head is a regression
 //! head (MSE on its score, as transformers does).
 
 use burn::prelude::*;
 use lora_core::LoraLayer;
-use lora_models::bert::{
+use lora_train::loss::{cross_entropy, mse_loss};
+use lora_train::{
+    BatchTargets, EvalOutput, IdLimits, LossConfig, LossOutput, Predictions, Result, StepGrads,
+    TextBatch, TrainError, TrainModel, plain_grads,
+};
+
+use crate::bert::{
     BertForSequenceClassification, RobertaForSequenceClassification, checkpointed_step,
 };
 
-use crate::dataset::{BatchTargets, TextBatch};
-use crate::error::{Result, TrainError};
-use crate::model::{
-    EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, class_loss, mse_loss,
-    plain_grads,
-};
-
 /// The loss of a classification or regression head against the batch's targets: cross-entropy
-/// for class targets, mean squared error for value targets (one-label head).
+/// for class targets (with `loss`'s label smoothing), mean squared error for value targets
+/// (one-label head).
 ///
 /// # Shapes
 /// - `logits`: `[batch, num_labels]` → `[1]`
-pub fn head_loss(logits: Tensor<2>, batch: &TextBatch) -> Result<Tensor<1>> {
+pub fn head_loss(logits: Tensor<2>, batch: &TextBatch, loss: &LossConfig) -> Result<Tensor<1>> {
     let [b, n] = logits.dims();
     match &batch.targets {
         BatchTargets::Classes {
@@ -39,7 +39,7 @@ pub fn head_loss(logits: Tensor<2>, batch: &TextBatch) -> Result<Tensor<1>> {
                      (name the labels as the checkpoint's id2label, or load with num_labels = {num_classes})"
                 )));
             }
-            Ok(class_loss(logits, labels.clone()))
+            Ok(cross_entropy(logits, labels.clone(), loss.label_smoothing))
         }
         BatchTargets::Values { values, .. } => {
             if n != 1 {
@@ -74,7 +74,7 @@ pub fn head_predictions(logits: Tensor<2>, batch: &TextBatch) -> Result<Predicti
 }
 
 fn eval(logits: Tensor<2>, batch: &TextBatch) -> Result<EvalOutput> {
-    let loss = head_loss(logits.clone(), batch)?;
+    let loss = head_loss(logits.clone(), batch, &LossConfig::default())?;
     Ok(EvalOutput {
         loss,
         count: batch.len(),
@@ -102,28 +102,28 @@ macro_rules! impl_classifier {
             /// # Shapes
             /// - `batch.input_ids`, `attention_mask`, `token_type_ids`: `[batch, seq]`
             /// - logits (internal): `[batch, num_labels]`; loss `[1]`
-            fn train_step(&self, batch: &TextBatch) -> Result<LossOutput> {
+            fn train_step(&self, batch: &TextBatch, loss: &LossConfig) -> Result<LossOutput> {
                 let logits = self.forward(
                     batch.input_ids.clone(),
                     Some(batch.attention_mask.clone()),
                     Some(batch.token_type_ids.clone()),
                 )?;
-                Ok(LossOutput::new(head_loss(logits, batch)?, batch.len()))
+                Ok(LossOutput::new(head_loss(logits, batch, loss)?, batch.len()))
             }
 
             /// [`train_step`](TrainModel::train_step) and its backward, or with the body's
             /// `checkpoint_layers` set, the same gradients with activation checkpointing
             /// ([`checkpointed_step`]).
-            fn train_grads(&self, batch: &TextBatch) -> Result<StepGrads> {
+            fn train_grads(&self, batch: &TextBatch, loss: &LossConfig) -> Result<StepGrads> {
                 if !self.$body.checkpoint_layers {
-                    return plain_grads(self, batch);
+                    return plain_grads(self, batch, loss);
                 }
                 let (loss, parts) = checkpointed_step(
                     self,
                     batch.input_ids.clone(),
                     Some(batch.attention_mask.clone()),
                     Some(batch.token_type_ids.clone()),
-                    |logits| head_loss(logits, batch),
+                    |logits| head_loss(logits, batch, loss),
                 )?;
                 Ok(StepGrads { loss, count: batch.len(), parts })
             }

@@ -1,7 +1,48 @@
-//! Losses shared by the models: causal-LM cross-entropy with ignored positions and label
-//! smoothing (as `torch.nn.functional.cross_entropy` computes them).
+//! Losses and their settings: [`LossConfig`], which the trainer passes to every training
+//! step; cross-entropy with ignored positions and label smoothing (as
+//! `torch.nn.functional.cross_entropy` computes it), causal-LM, class and regression losses.
 
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// How the training loss is computed; [`TrainerConfig::loss`](crate::TrainerConfig::loss)
+/// passes it to every [`TrainModel::train_step`](crate::TrainModel::train_step). Evaluation
+/// always uses the plain loss.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LossConfig {
+    /// Label smoothing ε of cross-entropy losses (0 = none; the LoRA paper's E2E setup uses
+    /// 0.1), as Hugging Face's `label_smoothing_factor`. Default 0.
+    pub label_smoothing: f64,
+}
+
+impl LossConfig {
+    /// Checks the ranges of every field.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(TrainError::config("label_smoothing", "must be in [0, 1)"));
+        }
+        Ok(())
+    }
+}
+
+/// Mean cross-entropy of class logits (PyTorch's `cross_entropy`).
+///
+/// # Shapes
+/// - `logits`: `[batch, num_classes]`, `labels`: `[batch]` → `[1]`
+pub fn class_loss(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    cross_entropy(logits, labels, 0.0)
+}
+
+/// Mean squared error (PyTorch's `mse_loss`, as Hugging Face uses for one-label regression).
+///
+/// # Shapes
+/// - `scores`, `targets`: `[batch]` → `[1]`
+pub fn mse_loss(scores: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
+    (scores - targets).powf_scalar(2.0).mean()
+}
 
 /// Label value that marks a position as ignored (padding, or the prompt of prompt/completion data).
 pub const IGNORE_INDEX: i64 = -100;

@@ -1,5 +1,5 @@
-//! Reading training data: JSONL, CSV, TSV and plain-text files with named columns, into
-//! [`Record`]s. Every unusable row is an error naming the file and line; nothing panics.
+//! Training data as [`Record`]s: read from JSONL, CSV, TSV and plain-text files with named
+//! columns, or built in memory ([`Record::in_memory`]). Every unusable row is an error naming the file and line; nothing panics.
 //!
 //! | extension | format |
 //! |---|---|
@@ -192,6 +192,28 @@ pub struct Source {
     pub path: PathBuf,
     /// 1-based line.
     pub line: usize,
+}
+
+impl Record {
+    /// A record built in memory, the `index`-th (0-based) of its list, so text is tokenized
+    /// without a file ([`TextDataset::from_records`](crate::TextDataset::from_records)):
+    /// errors name it as line `index + 1` of `<memory>`.
+    pub fn in_memory(
+        index: usize,
+        text: impl Into<String>,
+        text_pair: Option<String>,
+        target: RawTarget,
+    ) -> Self {
+        Self {
+            text: text.into(),
+            text_pair,
+            target,
+            source: Source {
+                path: PathBuf::from("<memory>"),
+                line: index + 1,
+            },
+        }
+    }
 }
 
 impl Source {

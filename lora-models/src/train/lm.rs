@@ -4,14 +4,12 @@
 use std::path::Path;
 
 use lora_core::{LoraConfig, LoraLayer};
-use lora_models::gpt2::Gpt2LmHeadModel;
-use lora_models::loss::causal_lm_loss;
-
-use crate::dataset::TextBatch;
-use crate::error::{Result, TrainError};
-use crate::model::{
-    EvalOutput, IdLimits, LossOutput, Predictions, StepGrads, TrainModel, plain_grads,
+use lora_train::{
+    EvalOutput, IdLimits, LossConfig, LossOutput, Predictions, Result, StepGrads, TextBatch,
+    TrainError, TrainModel, plain_grads,
 };
+
+use crate::gpt2::Gpt2LmHeadModel;
 
 impl TrainModel for Gpt2LmHeadModel {
     type Batch = TextBatch;
@@ -24,36 +22,35 @@ impl TrainModel for Gpt2LmHeadModel {
         })
     }
 
-    /// Mean next-token cross-entropy over the completion tokens, with the model's
-    /// [`label_smoothing`](Gpt2LmHeadModel::label_smoothing).
+    /// Mean next-token cross-entropy over the completion tokens, with `loss`'s label
+    /// smoothing.
     ///
     /// # Shapes
     /// - `batch.input_ids`, `batch.attention_mask`, token labels: `[batch, seq]`
-    /// - logits (internal): `[batch, seq, vocab]`
+    /// - logits (internal): `[batch, seq, vocab]`, in chunks of positions where the device's
+    ///   per-tensor limit or the model's `memory.loss_chunk` asks ([`Gpt2LmHeadModel::lm_loss`])
     /// - loss: `[1]`, over `batch.num_targets` tokens
-    fn train_step(&self, batch: &TextBatch) -> Result<LossOutput> {
+    fn train_step(&self, batch: &TextBatch, loss: &LossConfig) -> Result<LossOutput> {
         let labels = batch.token_labels()?;
         if batch.num_targets == 0 {
             return Err(TrainError::Step("the batch has no target token".into()));
         }
-        let logits = self.forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))?;
-        Ok(LossOutput::new(
-            causal_lm_loss(logits, labels, self.label_smoothing),
-            batch.num_targets,
-        ))
+        let (ids, mask) = (batch.input_ids.clone(), batch.attention_mask.clone());
+        let mean = self.lm_loss(ids, Some(mask), labels, loss.label_smoothing)?;
+        Ok(LossOutput::new(mean, batch.num_targets))
     }
 
     /// [`train_step`](TrainModel::train_step) and its backward, or, with the model's
     /// [`memory`](Gpt2LmHeadModel::memory) options set, the same gradients computed in segments
     /// ([`Gpt2LmHeadModel::loss_and_grads`]).
-    fn train_grads(&self, batch: &TextBatch) -> Result<StepGrads> {
+    fn train_grads(&self, batch: &TextBatch, loss: &LossConfig) -> Result<StepGrads> {
         if self.memory.is_plain() {
-            return plain_grads(self, batch);
+            return plain_grads(self, batch, loss);
         }
         let labels = batch.token_labels()?;
         let (ids, mask) = (batch.input_ids.clone(), batch.attention_mask.clone());
         let step =
-            self.loss_and_grads(ids, Some(mask), labels, self.label_smoothing, self.memory)?;
+            self.loss_and_grads(ids, Some(mask), labels, loss.label_smoothing, self.memory)?;
         Ok(StepGrads {
             loss: step.loss,
             count: step.count,
@@ -67,8 +64,8 @@ impl TrainModel for Gpt2LmHeadModel {
         if batch.num_targets == 0 {
             return Err(TrainError::Step("the batch has no target token".into()));
         }
-        let logits = self.forward(batch.input_ids.clone(), Some(batch.attention_mask.clone()))?;
-        let loss = causal_lm_loss(logits, labels, 0.0);
+        let (ids, mask) = (batch.input_ids.clone(), batch.attention_mask.clone());
+        let loss = self.lm_loss(ids, Some(mask), labels, 0.0)?;
         let count = batch.num_targets;
         Ok(EvalOutput {
             loss,
