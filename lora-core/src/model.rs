@@ -413,6 +413,29 @@ pub(crate) fn stored_values<M: Module>(
     v.out
 }
 
+/// What burn's visitor says a module is (its `kind` string), as far as path walking cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// A `Vec`, array or tuple of modules: it owns no parameter itself.
+    Container,
+    /// One adapter of a [`LoraLinear`](crate::LoraLinear) or
+    /// [`LoraEmbedding`](crate::LoraEmbedding).
+    Adapter,
+    /// Any other module.
+    Other,
+}
+
+impl ModuleKind {
+    /// The class of burn's `kind` string (`Vec`, `Struct:LinearAdapter`, `Struct:Linear`, ...).
+    pub fn of(kind: &str) -> Self {
+        match kind {
+            "Vec" | "Array" | "Tuple" => Self::Container,
+            "Struct:LinearAdapter" | "Struct:EmbeddingAdapter" => Self::Adapter,
+            _ => Self::Other,
+        }
+    }
+}
+
 /// Where a burn [`ModuleVisitor`] or [`ModuleMapper`] is: the path segments and the module
 /// kinds burn enters, with what lora-burn asks of them (dotted path, PyTorch names, the owner
 /// of a parameter, adapter slots). Every traversal here and in lora-train embeds one and
@@ -461,7 +484,7 @@ impl PathWalk {
     pub fn in_adapter(&self) -> bool {
         self.kinds
             .iter()
-            .any(|k| k == "Struct:LinearAdapter" || k == "Struct:EmbeddingAdapter")
+            .any(|k| ModuleKind::of(k) == ModuleKind::Adapter)
     }
     /// Path of the site owning the adapter parameter being visited.
     pub fn site_of_adapter(&self) -> Option<String> {
@@ -485,7 +508,7 @@ impl PathWalk {
         self.kinds
             .iter()
             .rev()
-            .find(|k| !matches!(k.as_str(), "Vec" | "Array" | "Tuple"))
+            .find(|k| ModuleKind::of(k) != ModuleKind::Container)
             .map_or("", |k| k.as_str())
     }
 }

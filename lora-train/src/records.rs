@@ -398,95 +398,108 @@ fn parse_records(
     columns: &Columns,
     path: &Path,
 ) -> Result<Vec<Record>> {
-    let src = |line: usize| Source {
-        path: path.to_path_buf(),
-        line,
+    let out = match format {
+        FileFormat::Jsonl | FileFormat::Lines => line_records(bytes, format, columns, path)?,
+        FileFormat::Csv | FileFormat::Tsv => table_records(bytes, format, columns, path)?,
     };
-    let mut out = Vec::new();
-    match format {
-        FileFormat::Jsonl | FileFormat::Lines => {
-            let text = std::str::from_utf8(bytes).map_err(|e| TrainError::Io {
-                action: "cannot read",
-                path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?;
-            for (i, line) in text.lines().enumerate() {
-                let line_no = i + 1;
-                let trimmed = line.trim();
-                if trimmed.is_empty() {
-                    continue;
-                }
-                if format == FileFormat::Lines {
-                    out.push(record_of(
-                        &LineRow(trimmed.to_string()),
-                        columns,
-                        src(line_no),
-                    )?);
-                    continue;
-                }
-                let value: serde_json::Value = serde_json::from_str(trimmed).map_err(|e| {
-                    let hint = if line_no == 1 && trimmed.starts_with('[') {
-                        " (a JSON array: write one object per line instead)"
-                    } else {
-                        ""
-                    };
-                    src(line_no).error(format!("invalid JSON: {e}{hint}"))
-                })?;
-                let map = match value {
-                    serde_json::Value::Object(map) => map,
-                    serde_json::Value::Array(_) => {
-                        return Err(src(line_no).error(
-                            "expected a JSON object, found a JSON array (write one object per line)",
-                        ));
-                    }
-                    other => {
-                        return Err(
-                            src(line_no).error(format!("expected a JSON object, found `{other}`"))
-                        );
-                    }
-                };
-                out.push(record_of(&JsonRow(map), columns, src(line_no))?);
-            }
-        }
-        FileFormat::Csv | FileFormat::Tsv => {
-            let mut builder = csv::ReaderBuilder::new();
-            builder.has_headers(true).flexible(false);
-            if format == FileFormat::Tsv {
-                builder.delimiter(b'\t').quoting(false);
-            }
-            let mut reader = builder.from_reader(bytes);
-            let header: Vec<String> = reader
-                .headers()
-                .map_err(|e| csv_error(e, path, bytes))?
-                .iter()
-                .map(|h| h.trim().to_string())
-                .collect();
-            for name in columns.names() {
-                if !header.iter().any(|h| h == name) {
-                    return Err(src(1).error(format!(
-                        "no column `{name}` in the header (columns: {})",
-                        header.join(", ")
-                    )));
-                }
-            }
-            for result in reader.records() {
-                let record = result.map_err(|e| csv_error(e, path, bytes))?;
-                let line = record.position().map_or(0, |p| line_at(bytes, p.byte()));
-                if record.iter().all(|f| f.trim().is_empty()) {
-                    continue;
-                }
-                let row = CsvRow {
-                    header: &header,
-                    record,
-                };
-                out.push(record_of(&row, columns, src(line))?);
-            }
-        }
-    }
     if out.is_empty() {
         return Err(TrainError::EmptyDataset {
             what: path.display().to_string(),
         });
+    }
+    Ok(out)
+}
+
+/// Where a record came from: `path`, line `line`.
+fn source(path: &Path, line: usize) -> Source {
+    Source {
+        path: path.to_path_buf(),
+        line,
+    }
+}
+
+/// Records of a JSON-lines or plain-text file: one per non-blank line.
+fn line_records(
+    bytes: &[u8],
+    format: FileFormat,
+    columns: &Columns,
+    path: &Path,
+) -> Result<Vec<Record>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| TrainError::Io {
+        action: "cannot read",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let src = source(path, i + 1);
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if format == FileFormat::Lines {
+            out.push(record_of(&LineRow(trimmed.to_string()), columns, src)?);
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(trimmed).map_err(|e| {
+            let hint = if i == 0 && trimmed.starts_with('[') {
+                " (a JSON array: write one object per line instead)"
+            } else {
+                ""
+            };
+            src.error(format!("invalid JSON: {e}{hint}"))
+        })?;
+        let map = match value {
+            serde_json::Value::Object(map) => map,
+            serde_json::Value::Array(_) => {
+                return Err(src.error(
+                    "expected a JSON object, found a JSON array (write one object per line)",
+                ));
+            }
+            other => return Err(src.error(format!("expected a JSON object, found `{other}`"))),
+        };
+        out.push(record_of(&JsonRow(map), columns, src)?);
+    }
+    Ok(out)
+}
+
+/// Records of a CSV or TSV file with a header naming the columns; blank rows are skipped.
+fn table_records(
+    bytes: &[u8],
+    format: FileFormat,
+    columns: &Columns,
+    path: &Path,
+) -> Result<Vec<Record>> {
+    let mut builder = csv::ReaderBuilder::new();
+    builder.has_headers(true).flexible(false);
+    if format == FileFormat::Tsv {
+        builder.delimiter(b'\t').quoting(false);
+    }
+    let mut reader = builder.from_reader(bytes);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| csv_error(e, path, bytes))?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    if let Some(name) = (columns.names().into_iter()).find(|n| !header.iter().any(|h| h == *n)) {
+        return Err(source(path, 1).error(format!(
+            "no column `{name}` in the header (columns: {})",
+            header.join(", ")
+        )));
+    }
+    let mut out = Vec::new();
+    for result in reader.records() {
+        let record = result.map_err(|e| csv_error(e, path, bytes))?;
+        let line = record.position().map_or(0, |p| line_at(bytes, p.byte()));
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        let row = CsvRow {
+            header: &header,
+            record,
+        };
+        out.push(record_of(&row, columns, source(path, line))?);
     }
     Ok(out)
 }

@@ -615,33 +615,7 @@ fn e2e_eval(mut a: E2eEvalArgs) -> Result<()> {
         a.no_repeat_ngram_size,
     );
     let start = std::time::Instant::now();
-    let mut hypotheses: Vec<String> = Vec::with_capacity(mrs.len());
-    for chunk in mrs.chunks(a.batch_size) {
-        let mut prompts = Vec::with_capacity(chunk.len());
-        for mr in chunk {
-            let mut ids = tokenizer.encode(&mr.context)?;
-            if ids.is_empty() {
-                return Err(CliError::Message(format!(
-                    "--data {}: an MR has an empty context",
-                    a.data.display()
-                )));
-            }
-            // Cut from the left, as training truncates prompts.
-            if ids.len() > room {
-                ids.drain(..ids.len() - room);
-            }
-            prompts.push(ids);
-        }
-        let out = model.generate(&prompts, &gen_config, &device)?;
-        for tokens in &out.tokens {
-            let text = tokenizer.decode(tokens, true)?;
-            // One line per MR in hypotheses.txt, as the official scripts read it.
-            hypotheses.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
-        if !a.json {
-            eprintln!("generated {}/{}", hypotheses.len(), mrs.len());
-        }
-    }
+    let hypotheses = generate_all(&model, &tokenizer, &mrs, &gen_config, room, &a, &device)?;
     let references: Vec<Vec<String>> = mrs.iter().map(|m| m.references.clone()).collect();
     let scores = lora_train::e2e_scores(&hypotheses, &references)?;
     let n_references: usize = references.iter().map(Vec::len).sum();
@@ -663,21 +637,7 @@ fn e2e_eval(mut a: E2eEvalArgs) -> Result<()> {
         "generation_seconds": start.elapsed().as_secs_f64(),
     });
     if let Some(out) = &a.out {
-        std::fs::create_dir_all(out)
-            .map_err(|e| CliError::Message(format!("--out {}: {e}", out.display())))?;
-        let mut hyp_text = hypotheses.join("\n");
-        hyp_text.push('\n');
-        write_file(&out.join("hypotheses.txt"), &hyp_text)?;
-        // e2e-metrics' multi-reference format: references one per line, MRs separated by a
-        // blank line, so `measure_scores.py references.txt hypotheses.txt` runs on these files.
-        let ref_text: String = references
-            .iter()
-            .map(|rs| rs.join("\n") + "\n")
-            .collect::<Vec<_>>()
-            .join("\n");
-        write_file(&out.join("references.txt"), &ref_text)?;
-        report["hypotheses_file"] = serde_json::json!(out.join("hypotheses.txt"));
-        write_file(&out.join("scores.json"), &report.to_string())?;
+        write_e2e_outputs(out, &hypotheses, &references, &mut report)?;
     }
     if a.json {
         print_json(&report);
@@ -691,6 +651,70 @@ fn e2e_eval(mut a: E2eEvalArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One hypothesis per MR (whitespace-normalised, one line each, as the official scripts read
+/// them), generated `a.batch_size` contexts at a time, each cut from the left to `room` tokens.
+fn generate_all(
+    model: &Gpt2LmHeadModel,
+    tokenizer: &TextTokenizer,
+    mrs: &[Mr],
+    gen_config: &GenerationConfig,
+    room: usize,
+    a: &E2eEvalArgs,
+    device: &burn::prelude::Device,
+) -> Result<Vec<String>> {
+    let mut hypotheses: Vec<String> = Vec::with_capacity(mrs.len());
+    for chunk in mrs.chunks(a.batch_size) {
+        let mut prompts = Vec::with_capacity(chunk.len());
+        for mr in chunk {
+            let mut ids = tokenizer.encode(&mr.context)?;
+            if ids.is_empty() {
+                return Err(CliError::Message(format!(
+                    "--data {}: an MR has an empty context",
+                    a.data.display()
+                )));
+            }
+            // Cut from the left, as training truncates prompts.
+            if ids.len() > room {
+                ids.drain(..ids.len() - room);
+            }
+            prompts.push(ids);
+        }
+        let out = model.generate(&prompts, gen_config, device)?;
+        for tokens in &out.tokens {
+            let text = tokenizer.decode(tokens, true)?;
+            hypotheses.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        if !a.json {
+            eprintln!("generated {}/{}", hypotheses.len(), mrs.len());
+        }
+    }
+    Ok(hypotheses)
+}
+
+/// Writes `hypotheses.txt`, `references.txt` (e2e-metrics' multi-reference format: references
+/// one per line, MRs separated by a blank line, so `measure_scores.py references.txt
+/// hypotheses.txt` runs on these files) and `scores.json` under `out`.
+fn write_e2e_outputs(
+    out: &Path,
+    hypotheses: &[String],
+    references: &[Vec<String>],
+    report: &mut serde_json::Value,
+) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| CliError::Message(format!("--out {}: {e}", out.display())))?;
+    let mut hyp_text = hypotheses.join("\n");
+    hyp_text.push('\n');
+    write_file(&out.join("hypotheses.txt"), &hyp_text)?;
+    let ref_text: String = references
+        .iter()
+        .map(|rs| rs.join("\n") + "\n")
+        .collect::<Vec<_>>()
+        .join("\n");
+    write_file(&out.join("references.txt"), &ref_text)?;
+    report["hypotheses_file"] = serde_json::json!(out.join("hypotheses.txt"));
+    write_file(&out.join("scores.json"), &report.to_string())
 }
 
 fn main() -> ExitCode {

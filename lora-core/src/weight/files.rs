@@ -81,12 +81,8 @@ pub fn adapter_state<M: Module>(
 /// The error when no parameter carries weight adapter `name`; it points a model built on
 /// `LoraLinear`/`LoraEmbedding` at the factored path's writer.
 fn no_weight_adapter(found: &Scan, name: &str) -> LoraError {
-    let factored = found.params.iter().any(|p| {
-        matches!(
-            p.owner.as_str(),
-            "Struct:LinearAdapter" | "Struct:EmbeddingAdapter"
-        )
-    });
+    let factored = (found.params.iter())
+        .any(|p| crate::model::ModuleKind::of(&p.owner) == crate::model::ModuleKind::Adapter);
     if factored {
         return LoraError::Unsupported(format!(
             "adapter `{name}` of this model lives in LoraLinear/LoraEmbedding layers: write it \

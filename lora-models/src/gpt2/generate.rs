@@ -427,126 +427,195 @@ impl Gpt2LmHeadModel {
             cache: None,
             steps: 0,
         };
-        let mut beams: Vec<Beam> = rows
-            .iter()
-            .enumerate()
-            .map(|(r, &b)| Beam {
-                seq: prompts[b].clone(),
+        let mut search = BeamSearch::new(prompts, k, length_penalty, early_stopping);
+        let mut logits = st.step(&rows.iter().map(|&b| ids[b].clone()).collect::<Vec<_>>())?;
+        for step in 0..config.max_new_tokens {
+            let parents = search.advance(&logits, step, config);
+            if search.closed.iter().all(|c| *c) || step + 1 == config.max_new_tokens {
+                break;
+            }
+            st.reorder(&parents);
+            st.extend_mask();
+            let last: Vec<Vec<u32>> = (search.beams.iter())
+                .map(|bm| vec![*bm.new.last().unwrap_or(&0)])
+                .collect();
+            logits = st.step(&last)?;
+        }
+        search.results()
+    }
+}
+
+/// One scored continuation: `(score, beam row, token, the token's raw log-probability)`.
+type Candidate = (f64, usize, u32, f32);
+
+/// Beam search's state over a batch of prompts: `k` live beams per prompt (row `b·k + j` is
+/// beam `j` of prompt `b`), the finished hypotheses and which prompts are done, following
+/// Hugging Face's `BeamSearchScorer`.
+struct BeamSearch {
+    k: usize,
+    length_penalty: f64,
+    early_stopping: bool,
+    beams: Vec<Beam>,
+    finished: Vec<Vec<(f64, Beam)>>,
+    closed: Vec<bool>,
+}
+
+impl BeamSearch {
+    fn new(prompts: &[Vec<u32>], k: usize, length_penalty: f64, early_stopping: bool) -> Self {
+        let beams = (0..prompts.len() * k)
+            .map(|r| Beam {
+                seq: prompts[r / k].clone(),
                 new: Vec::new(),
                 lps: Vec::new(),
                 // Only beam 0 starts alive, so the first step does not pick k copies.
                 score: if r % k == 0 { 0.0 } else { -1e9 },
             })
             .collect();
-        let mut finished: Vec<Vec<(f64, Beam)>> = vec![Vec::new(); n];
-        let mut closed = vec![false; n];
-        let normalized = |b: &Beam| b.score / (b.new.len().max(1) as f64).powf(length_penalty);
-        let mut logits = st.step(&rows.iter().map(|&b| ids[b].clone()).collect::<Vec<_>>())?;
-        for step in 0..config.max_new_tokens {
-            let mut next_beams = Vec::with_capacity(n * k);
-            let mut parents = Vec::with_capacity(n * k);
-            for b in 0..n {
-                if closed[b] {
-                    for j in 0..k {
-                        next_beams.push(beams[b * k + j].clone());
-                        parents.push(b * k + j);
-                    }
-                    continue;
-                }
-                // Every (beam, token) candidate of this prompt, best first.
-                let mut cands: Vec<(f64, usize, u32, f32)> = Vec::new();
-                for j in 0..k {
-                    let r = b * k + j;
-                    let mut lp = log_softmax_row(&logits[r]);
-                    let raw = lp.clone();
-                    ban_repeated_ngrams(&beams[r].seq, config.no_repeat_ngram_size, &mut lp);
-                    let mut idx: Vec<usize> = (0..lp.len()).collect();
-                    let take = (2 * k).min(idx.len());
-                    idx.select_nth_unstable_by(take - 1, |&a, &c| lp[c].total_cmp(&lp[a]));
-                    for &t in &idx[..take] {
-                        if lp[t].is_finite() {
-                            cands.push((beams[r].score + lp[t] as f64, r, t as u32, raw[t]));
-                        }
-                    }
-                }
-                cands.sort_by(|a, c| c.0.total_cmp(&a.0));
-                let mut kept = 0;
-                for (rank, &(score, r, t, raw)) in cands.iter().enumerate() {
-                    let mut beam = beams[r].clone();
-                    beam.score = score;
-                    beam.seq.push(t);
-                    beam.new.push(t);
-                    beam.lps.push(raw);
-                    if config.eos_token_id == Some(t) {
-                        // As Hugging Face: only eos candidates ranked within the top k finish.
-                        if rank < k {
-                            let s = normalized(&beam);
-                            finished[b].push((s, beam));
-                        }
-                        continue;
-                    }
-                    next_beams.push(beam);
-                    parents.push(r);
-                    kept += 1;
-                    if kept == k {
-                        break;
-                    }
-                }
-                if kept == 0 {
-                    // Every candidate ended in eos (a vocabulary this small; logits are
-                    // finite, the stepper checks): the prompt is done, its beams stay as they
-                    // are, as for a closed prompt.
-                    for j in 0..k {
-                        next_beams.push(beams[b * k + j].clone());
-                        parents.push(b * k + j);
-                    }
-                    closed[b] = true;
-                    continue;
-                }
-                while kept < k {
-                    // Fewer live candidates than beams (tiny vocab): repeat the best.
-                    let i = next_beams.len() - 1;
-                    next_beams.push(next_beams[i].clone());
-                    parents.push(parents[i]);
-                    kept += 1;
-                }
-                finished[b].sort_by(|a, c| c.0.total_cmp(&a.0));
-                finished[b].truncate(k);
-                if finished[b].len() == k {
-                    let best_live = next_beams[next_beams.len() - k..]
-                        .iter()
-                        .map(|bm| bm.score)
-                        .fold(f64::NEG_INFINITY, f64::max);
-                    let can_improve = !early_stopping
-                        && finished[b].last().is_some_and(|(worst, _)| {
-                            best_live / ((step + 1) as f64).powf(length_penalty) > *worst
-                        });
-                    closed[b] = !can_improve;
+        Self {
+            k,
+            length_penalty,
+            early_stopping,
+            beams,
+            finished: vec![Vec::new(); prompts.len()],
+            closed: vec![false; prompts.len()],
+        }
+    }
+
+    fn normalized(&self, b: &Beam) -> f64 {
+        b.score / (b.new.len().max(1) as f64).powf(self.length_penalty)
+    }
+
+    /// One step for every prompt, given each beam's next-token logits: the new beams replace
+    /// the old, and the parent row of each new beam is returned (for the KV cache).
+    fn advance(
+        &mut self,
+        logits: &[Vec<f32>],
+        step: usize,
+        config: &GenerationConfig,
+    ) -> Vec<usize> {
+        let k = self.k;
+        let mut next = Vec::with_capacity(self.beams.len());
+        let mut parents = Vec::with_capacity(self.beams.len());
+        for b in 0..self.closed.len() {
+            let kept = match self.closed[b] {
+                true => 0,
+                false => self.extend(b, logits, config, &mut next, &mut parents),
+            };
+            if kept == 0 {
+                // A closed prompt, or every candidate ended in eos (a vocabulary this small;
+                // logits are finite, the stepper checks): its beams stay as they are.
+                next.extend(self.beams[b * k..(b + 1) * k].iter().cloned());
+                parents.extend(b * k..(b + 1) * k);
+                self.closed[b] = true;
+                continue;
+            }
+            for _ in kept..k {
+                // Fewer live candidates than beams (tiny vocab): repeat the best.
+                let i = next.len() - 1;
+                next.push(next[i].clone());
+                parents.push(parents[i]);
+            }
+            self.close_if_done(b, step, &next[next.len() - k..]);
+        }
+        self.beams = next;
+        parents
+    }
+
+    /// Every (beam, token) candidate of prompt `b`, best first.
+    fn candidates(
+        &self,
+        b: usize,
+        logits: &[Vec<f32>],
+        config: &GenerationConfig,
+    ) -> Vec<Candidate> {
+        let mut cands = Vec::new();
+        let rows = b * self.k..(b + 1) * self.k;
+        for (r, row) in rows.clone().zip(&logits[rows]) {
+            let mut lp = log_softmax_row(row);
+            let raw = lp.clone();
+            ban_repeated_ngrams(&self.beams[r].seq, config.no_repeat_ngram_size, &mut lp);
+            let mut idx: Vec<usize> = (0..lp.len()).collect();
+            let take = (2 * self.k).min(idx.len());
+            idx.select_nth_unstable_by(take - 1, |&a, &c| lp[c].total_cmp(&lp[a]));
+            for &t in &idx[..take] {
+                if lp[t].is_finite() {
+                    cands.push((self.beams[r].score + lp[t] as f64, r, t as u32, raw[t]));
                 }
             }
-            beams = next_beams;
-            if closed.iter().all(|c| *c) || step + 1 == config.max_new_tokens {
+        }
+        cands.sort_by(|a, c| c.0.total_cmp(&a.0));
+        cands
+    }
+
+    /// Pushes up to `k` continuations of prompt `b` (eos candidates finish instead); returns
+    /// how many were pushed.
+    fn extend(
+        &mut self,
+        b: usize,
+        logits: &[Vec<f32>],
+        config: &GenerationConfig,
+        next: &mut Vec<Beam>,
+        parents: &mut Vec<usize>,
+    ) -> usize {
+        let mut kept = 0;
+        for (rank, (score, r, t, raw)) in self.candidates(b, logits, config).into_iter().enumerate()
+        {
+            let mut beam = self.beams[r].clone();
+            beam.score = score;
+            beam.seq.push(t);
+            beam.new.push(t);
+            beam.lps.push(raw);
+            if config.eos_token_id == Some(t) {
+                // As Hugging Face: only eos candidates ranked within the top k finish.
+                if rank < self.k {
+                    let score = self.normalized(&beam);
+                    self.finished[b].push((score, beam));
+                }
+                continue;
+            }
+            next.push(beam);
+            parents.push(r);
+            kept += 1;
+            if kept == self.k {
                 break;
             }
-            st.reorder(&parents);
-            st.extend_mask();
-            let last: Vec<Vec<u32>> = beams
-                .iter()
-                .map(|bm| vec![*bm.new.last().unwrap_or(&0)])
-                .collect();
-            logits = st.step(&last)?;
         }
+        kept
+    }
+
+    /// Closes prompt `b` once it has `k` finished hypotheses that its live beams (`live`)
+    /// cannot beat (or at once with `early_stopping`).
+    fn close_if_done(&mut self, b: usize, step: usize, live: &[Beam]) {
+        let finished = &mut self.finished[b];
+        finished.sort_by(|a, c| c.0.total_cmp(&a.0));
+        finished.truncate(self.k);
+        if finished.len() < self.k {
+            return;
+        }
+        let best_live = live
+            .iter()
+            .map(|bm| bm.score)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let can_improve = !self.early_stopping
+            && finished.last().is_some_and(|(worst, _)| {
+                best_live / ((step + 1) as f64).powf(self.length_penalty) > *worst
+            });
+        self.closed[b] = !can_improve;
+    }
+
+    /// The best hypothesis of each prompt: finished ones, and the live beams of prompts
+    /// still open.
+    fn results(self) -> Result<Generation> {
         let mut out = Generation {
             tokens: Vec::new(),
             logprobs: Vec::new(),
             scores: Vec::new(),
         };
-        for b in 0..n {
-            let mut pool = finished[b].clone();
-            if !closed[b] {
-                for j in 0..k {
-                    let bm = beams[b * k + j].clone();
-                    pool.push((normalized(&bm), bm));
+        for (b, finished) in self.finished.iter().enumerate() {
+            let mut pool = finished.clone();
+            if !self.closed[b] {
+                for bm in &self.beams[b * self.k..(b + 1) * self.k] {
+                    pool.push((self.normalized(bm), bm.clone()));
                 }
             }
             pool.sort_by(|a, c| c.0.total_cmp(&a.0));
