@@ -300,11 +300,11 @@ fn gpt2_small_width_and_vocabulary_take_a_lora_step_on_wgpu() {
         let model = lora_core::apply_trainability(model, &config);
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [2, 16]), &device);
         let logits = host(model.forward(ids.clone(), None).unwrap());
-        let labels = ids.clone();
-        let step = model
-            .loss_and_grads(ids, None, labels, 0.0, MemoryOptions::default())
-            .unwrap();
-        runs.push((logits, host(step.loss), step_grads(&model, step.parts)));
+        // The trainer's step (`TrainModel::train_step`): the loss, chunked under the device's
+        // limit where needed, and one backward.
+        let loss = model.lm_loss(ids.clone(), None, ids, 0.0).unwrap();
+        let grads = step_grads(&model, vec![loss.backward()]);
+        runs.push((logits, host(loss), grads));
     }
     let (flex, gpu) = (&runs[0], &runs[1]);
     assert_close("wgpu logits", &gpu.0, &flex.0, 1e-4);
