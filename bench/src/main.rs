@@ -288,108 +288,18 @@ fn run(args: Args) -> Result<()> {
     } else {
         args.device.clone()
     };
-    let lora = LoraShape {
-        r: args.r,
-        alpha: args.alpha,
-    };
-    let mut report = Report {
-        setup: Setup {
-            cpu: cpu_model(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            commit: git_commit(),
-            batch: args.batch,
-            seq: args.seq,
-            warmup: args.warmup,
-            steps: args.steps,
-            lora: Some(lora),
-            targets: Some(args.targets),
-            vocab: args.vocab,
-            size: Some(args.size),
-            torch: None,
-        },
-        ..Report::default()
-    };
+    let mut report = new_report(&args);
     for &arch in &args.arch {
         for device in &devices {
             // Probe once in this process: a missing GPU is a line in the report, not an error.
-            if let Err(e) = parse_device(device) {
-                report
-                    .failures
-                    .push(format!("{} on {device}: {e}", arch.label()));
-                continue;
-            }
-            let spec = RunSpec {
-                arch,
-                size: args.size,
-                device: device.clone(),
-                batch: args.batch,
-                seq: args.seq,
-                warmup: args.warmup,
-                steps: args.steps,
-                lora,
-                targets: args.targets,
-                vocab: args.vocab,
-                memory: MemoryOptions {
-                    checkpoint_blocks: args.checkpointing,
-                    loss_chunk: args.loss_chunk,
-                },
-            };
-            let mut tasks: Vec<Option<TrainMode>> = Vec::new();
-            if !args.no_train {
-                tasks.extend(args.mode.iter().copied().map(Some));
-            }
-            if !args.no_infer {
-                tasks.push(None);
-            }
-            for mode in tasks {
-                let task = Task {
-                    spec: spec.clone(),
-                    mode,
-                };
-                let what = mode.map_or("inference", TrainMode::name);
-                eprintln!("{} on {device}: {what}", arch.label());
-                let outcome = if args.in_process {
-                    run_task(&task)
-                } else {
-                    run_child(&task)
-                };
-                match outcome {
-                    Ok(Outcome::Train(r)) => report.train.push(r),
-                    Ok(Outcome::Infer(r)) => report.infer.push(r),
-                    Err(e) => {
-                        let line = format!(
-                            "{} on {device}, {what}: {}",
-                            arch.label(),
-                            first_line(&e.to_string())
-                        );
-                        eprintln!("  failed: {line}");
-                        report.failures.push(line);
-                    }
-                }
+            match parse_device(device) {
+                Ok(_) => measure_device(&args, arch, device, &mut report),
+                Err(e) => (report.failures).push(format!("{} on {device}: {e}", arch.label())),
             }
         }
     }
     if let Some(python) = &args.torch {
-        match run_torch(&args, python) {
-            Ok(t) => {
-                report.setup.torch = Some(t.setup);
-                // The script names its device (`torch-cpu`, `torch-cuda`); anything else is
-                // labelled as the CPU reference.
-                let label = |d: String| if is_torch(&d) { d } else { TORCH_DEVICE.into() };
-                report.train.extend(t.train.into_iter().map(|mut r| {
-                    r.device = label(r.device);
-                    r
-                }));
-                report.infer.extend(t.infer.into_iter().map(|mut r| {
-                    r.device = label(r.device);
-                    r
-                }));
-                report.failures.extend(t.failures);
-            }
-            Err(e) => report
-                .failures
-                .push(format!("PyTorch reference: {}", first_line(&e.to_string()))),
-        }
+        add_torch(&args, python, &mut report);
     }
     report.compute_ratios();
     let table = report.table();
@@ -401,6 +311,111 @@ fn run(args: Args) -> Result<()> {
         eprintln!("wrote {}", md.display());
     }
     Ok(())
+}
+
+/// An empty report describing this run's setup.
+fn new_report(args: &Args) -> Report {
+    Report {
+        setup: Setup {
+            cpu: cpu_model(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            commit: git_commit(),
+            batch: args.batch,
+            seq: args.seq,
+            warmup: args.warmup,
+            steps: args.steps,
+            lora: Some(lora_shape(args)),
+            targets: Some(args.targets),
+            vocab: args.vocab,
+            size: Some(args.size),
+            torch: None,
+        },
+        ..Report::default()
+    }
+}
+
+fn lora_shape(args: &Args) -> LoraShape {
+    LoraShape {
+        r: args.r,
+        alpha: args.alpha,
+    }
+}
+
+/// Every requested training mode (and inference) of `arch` on `device`, each in its own
+/// process unless `--in-process`; a failure is a line in the report.
+fn measure_device(args: &Args, arch: Arch, device: &str, report: &mut Report) {
+    let spec = RunSpec {
+        arch,
+        size: args.size,
+        device: device.to_string(),
+        batch: args.batch,
+        seq: args.seq,
+        warmup: args.warmup,
+        steps: args.steps,
+        lora: lora_shape(args),
+        targets: args.targets,
+        vocab: args.vocab,
+        memory: MemoryOptions {
+            checkpoint_blocks: args.checkpointing,
+            loss_chunk: args.loss_chunk,
+        },
+    };
+    let mut tasks: Vec<Option<TrainMode>> = Vec::new();
+    if !args.no_train {
+        tasks.extend(args.mode.iter().copied().map(Some));
+    }
+    if !args.no_infer {
+        tasks.push(None);
+    }
+    for mode in tasks {
+        let task = Task {
+            spec: spec.clone(),
+            mode,
+        };
+        let what = mode.map_or("inference", TrainMode::name);
+        eprintln!("{} on {device}: {what}", arch.label());
+        let outcome = match args.in_process {
+            true => run_task(&task),
+            false => run_child(&task),
+        };
+        match outcome {
+            Ok(Outcome::Train(r)) => report.train.push(r),
+            Ok(Outcome::Infer(r)) => report.infer.push(r),
+            Err(e) => {
+                let line = format!(
+                    "{} on {device}, {what}: {}",
+                    arch.label(),
+                    first_line(&e.to_string())
+                );
+                eprintln!("  failed: {line}");
+                report.failures.push(line);
+            }
+        }
+    }
+}
+
+/// PyTorch + PEFT's rows (`scripts/bench_torch.py` run by `python`), or a failure line.
+fn add_torch(args: &Args, python: &Path, report: &mut Report) {
+    match run_torch(args, python) {
+        Ok(t) => {
+            report.setup.torch = Some(t.setup);
+            // The script names its device (`torch-cpu`, `torch-cuda`); anything else is
+            // labelled as the CPU reference.
+            let label = |d: String| if is_torch(&d) { d } else { TORCH_DEVICE.into() };
+            report.train.extend(t.train.into_iter().map(|mut r| {
+                r.device = label(r.device);
+                r
+            }));
+            report.infer.extend(t.infer.into_iter().map(|mut r| {
+                r.device = label(r.device);
+                r
+            }));
+            report.failures.extend(t.failures);
+        }
+        Err(e) => report
+            .failures
+            .push(format!("PyTorch reference: {}", first_line(&e.to_string()))),
+    }
 }
 
 fn main() -> ExitCode {

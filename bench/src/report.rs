@@ -83,6 +83,138 @@ impl Ratio {
     }
 }
 
+/// One ratio between two training runs of a device, reported when both ran.
+struct TrainRatio {
+    what: &'static str,
+    /// The numerator run's mode.
+    num: &'static str,
+    /// The denominator run's mode, or [`TORCH`] for PyTorch + PEFT's LoRA row.
+    den: &'static str,
+    measure: fn(&TrainRun) -> f64,
+    target: Option<f64>,
+}
+
+/// [`TrainRatio::den`] for PyTorch + PEFT's LoRA run (on its own device label).
+const TORCH: &str = "torch";
+
+fn step_time(r: &TrainRun) -> f64 {
+    r.median_s
+}
+
+fn peak(r: &TrainRun) -> f64 {
+    r.peak_rss_bytes.map_or(f64::NAN, |b| b as f64)
+}
+
+fn added(r: &TrainRun) -> f64 {
+    training_memory(r).map_or(f64::NAN, |b| b as f64)
+}
+
+/// The training ratios, in report order, with their targets.
+const TRAIN_RATIOS: [TrainRatio; 11] = [
+    ratio("lora/full step time", "lora", "full", step_time, Some(0.5)),
+    ratio("lora/full peak memory", "lora", "full", peak, None),
+    ratio(
+        "lora/apply_lora step time",
+        "lora",
+        "burn-lora",
+        step_time,
+        Some(0.8),
+    ),
+    ratio(
+        "lora/apply_lora peak memory",
+        "lora",
+        "burn-lora",
+        peak,
+        Some(0.7),
+    ),
+    ratio(
+        "lora/apply_lora training memory (peak − model)",
+        "lora",
+        "burn-lora",
+        added,
+        None,
+    ),
+    ratio(
+        "weight-lora/lora step time",
+        "weight-lora",
+        "lora",
+        step_time,
+        None,
+    ),
+    ratio(
+        "weight-lora/lora peak memory",
+        "weight-lora",
+        "lora",
+        peak,
+        None,
+    ),
+    ratio(
+        "weight-lora/apply_lora step time",
+        "weight-lora",
+        "burn-lora",
+        step_time,
+        None,
+    ),
+    ratio(
+        "weight-lora/apply_lora peak memory",
+        "weight-lora",
+        "burn-lora",
+        peak,
+        None,
+    ),
+    ratio(
+        "lora/torch+peft step time",
+        "lora",
+        TORCH,
+        step_time,
+        Some(1.0),
+    ),
+    ratio(
+        "lora/torch+peft peak memory",
+        "lora",
+        TORCH,
+        peak,
+        Some(1.0),
+    ),
+];
+
+const fn ratio(
+    what: &'static str,
+    num: &'static str,
+    den: &'static str,
+    measure: fn(&TrainRun) -> f64,
+    target: Option<f64>,
+) -> TrainRatio {
+    TrainRatio {
+        what,
+        num,
+        den,
+        measure,
+        target,
+    }
+}
+
+/// Adds `num / den` when both are finite and `den` is positive.
+fn push_ratio(
+    out: &mut Vec<Ratio>,
+    arch: Arch,
+    device: &str,
+    what: &str,
+    num: f64,
+    den: f64,
+    target: Option<f64>,
+) {
+    if num.is_finite() && den.is_finite() && den > 0.0 {
+        out.push(Ratio {
+            arch,
+            device: device.to_string(),
+            what: what.to_string(),
+            value: num / den,
+            target,
+        });
+    }
+}
+
 fn find<'a>(runs: &'a [TrainRun], arch: Arch, device: &str, mode: &str) -> Option<&'a TrainRun> {
     runs.iter()
         .find(|r| r.arch == arch && r.device == device && r.mode == mode)
@@ -102,149 +234,40 @@ impl Report {
     /// Recomputes [`ratios`](Self::ratios) from the runs.
     pub fn compute_ratios(&mut self) {
         let mut out = Vec::new();
-        let mut push = |arch, device: &str, what: &str, num: f64, den: f64, target| {
-            if num.is_finite() && den.is_finite() && den > 0.0 {
-                out.push(Ratio {
+        for (arch, device) in self.devices() {
+            let run = |mode: &str| find(&self.train, arch, &device, mode);
+            // PyTorch's row, for our rows only (its device label is its own).
+            let torch = (self.train.iter())
+                .find(|r| r.arch == arch && is_torch(&r.device) && r.mode == "lora")
+                .filter(|_| !is_torch(&device));
+            for rule in &TRAIN_RATIOS {
+                let den = match rule.den {
+                    TORCH => torch,
+                    mode => run(mode),
+                };
+                if let (Some(n), Some(d)) = (run(rule.num), den) {
+                    let (num, den) = ((rule.measure)(n), (rule.measure)(d));
+                    push_ratio(&mut out, arch, &device, rule.what, num, den, rule.target);
+                }
+            }
+            let infer = (self.infer.iter()).find(|i| i.arch == arch && i.device == device);
+            if let Some(i) = infer {
+                let what = "merged/base inference";
+                push_ratio(
+                    &mut out,
                     arch,
-                    device: device.to_string(),
-                    what: what.to_string(),
-                    value: num / den,
-                    target,
-                });
-            }
-        };
-        let peak = |r: &TrainRun| r.peak_rss_bytes.map(|b| b as f64).unwrap_or(f64::NAN);
-        let added = |r: &TrainRun| training_memory(r).map(|b| b as f64).unwrap_or(f64::NAN);
-        let mut devices: Vec<(Arch, String)> = self
-            .train
-            .iter()
-            .map(|r| (r.arch, r.device.clone()))
-            .chain(self.infer.iter().map(|r| (r.arch, r.device.clone())))
-            .collect();
-        devices.sort_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
-        devices.dedup();
-        for (arch, device) in &devices {
-            let full = find(&self.train, *arch, device, "full");
-            let lora = find(&self.train, *arch, device, "lora");
-            let burn = find(&self.train, *arch, device, "burn-lora");
-            let weight = find(&self.train, *arch, device, "weight-lora");
-            let torch_lora = (self.train.iter())
-                .find(|r| r.arch == *arch && is_torch(&r.device) && r.mode == "lora");
-            if let (Some(l), Some(f)) = (lora, full) {
-                push(
-                    *arch,
-                    device,
-                    "lora/full step time",
-                    l.median_s,
-                    f.median_s,
-                    Some(0.5),
-                );
-                push(
-                    *arch,
-                    device,
-                    "lora/full peak memory",
-                    peak(l),
-                    peak(f),
-                    None,
-                );
-            }
-            if let (Some(l), Some(b)) = (lora, burn) {
-                push(
-                    *arch,
-                    device,
-                    "lora/apply_lora step time",
-                    l.median_s,
-                    b.median_s,
-                    Some(0.8),
-                );
-                push(
-                    *arch,
-                    device,
-                    "lora/apply_lora peak memory",
-                    peak(l),
-                    peak(b),
-                    Some(0.7),
-                );
-                push(
-                    *arch,
-                    device,
-                    "lora/apply_lora training memory (peak − model)",
-                    added(l),
-                    added(b),
-                    None,
-                );
-            }
-            if let (Some(w), Some(l), Some(b)) = (weight, lora, burn) {
-                push(
-                    *arch,
-                    device,
-                    "weight-lora/lora step time",
-                    w.median_s,
-                    l.median_s,
-                    None,
-                );
-                push(
-                    *arch,
-                    device,
-                    "weight-lora/lora peak memory",
-                    peak(w),
-                    peak(l),
-                    None,
-                );
-                push(
-                    *arch,
-                    device,
-                    "weight-lora/apply_lora step time",
-                    w.median_s,
-                    b.median_s,
-                    None,
-                );
-                push(
-                    *arch,
-                    device,
-                    "weight-lora/apply_lora peak memory",
-                    peak(w),
-                    peak(b),
-                    None,
-                );
-            }
-            if !is_torch(device)
-                && let (Some(l), Some(t)) = (lora, torch_lora)
-            {
-                push(
-                    *arch,
-                    device,
-                    "lora/torch+peft step time",
-                    l.median_s,
-                    t.median_s,
-                    Some(1.0),
-                );
-                push(
-                    *arch,
-                    device,
-                    "lora/torch+peft peak memory",
-                    peak(l),
-                    peak(t),
-                    Some(1.0),
-                );
-            }
-            if let Some(i) = self
-                .infer
-                .iter()
-                .find(|i| i.arch == *arch && &i.device == device)
-            {
-                push(
-                    *arch,
-                    device,
-                    "merged/base inference",
+                    &device,
+                    what,
                     i.merged_s,
                     i.base_s,
                     Some(1.02),
                 );
-                push(
-                    *arch,
-                    device,
-                    "unmerged/base inference",
+                let what = "unmerged/base inference";
+                push_ratio(
+                    &mut out,
+                    arch,
+                    &device,
+                    what,
                     i.unmerged_s,
                     i.base_s,
                     Some(1.10),
@@ -252,6 +275,16 @@ impl Report {
             }
         }
         self.ratios = out;
+    }
+
+    /// Every (architecture, device) with a run, in a stable order.
+    fn devices(&self) -> Vec<(Arch, String)> {
+        let train = self.train.iter().map(|r| (r.arch, r.device.clone()));
+        let infer = self.infer.iter().map(|r| (r.arch, r.device.clone()));
+        let mut devices: Vec<(Arch, String)> = train.chain(infer).collect();
+        devices.sort_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
+        devices.dedup();
+        devices
     }
 
     /// The report as text tables (absolute figures, then ratios).
