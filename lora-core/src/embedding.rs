@@ -76,9 +76,10 @@ pub struct EmbeddingAdapter {
 ///
 /// A table larger than what the device can hand to one kernel (wgpu binds at most 128 MiB per
 /// buffer on lavapipe and under WebGPU's defaults; GPT-2's 50257 × 768 table is 147 MiB) is
-/// stored as consecutive row blocks: `weight` holds the first rows and [`row_blocks`]
-/// (Self::row_blocks) the rest (see [`split_rows`](Self::split_rows)). Files and state dicts
-/// still see one `weight` of the whole table ([`crate::visit_params`] marks the blocks).
+/// stored as consecutive row blocks: `weight` holds the first rows and
+/// [`row_blocks`](Self::row_blocks) the rest (see [`split_rows`](Self::split_rows)). Files and
+/// state dicts still see one `weight` of the whole table ([`crate::visit_params`] marks the
+/// blocks).
 #[derive(Module, Debug)]
 pub struct LoraEmbedding {
     /// Base table `[num_embeddings, dim]`, or its first rows when the table is split.
