@@ -602,9 +602,15 @@ fn table_rows(info: &ParamInfo, rows: RowBlock, table: &HostTensor) -> Result<Ho
     let dim = info.shape[1];
     expect_shape(&info.hf_path, table, &[rows.table_rows, dim])?;
     let n = info.shape[0];
+    let data = (table.data.get(rows.start * dim..(rows.start + n) * dim)).ok_or_else(|| {
+        LoraError::Data {
+            key: info.hf_path.clone(),
+            reason: format!("{} values for shape {:?}", table.data.len(), table.shape),
+        }
+    })?;
     Ok(HostTensor {
         shape: info.shape.clone(),
-        data: table.data[rows.start * dim..(rows.start + n) * dim].to_vec(),
+        data: data.to_vec(),
     })
 }
 

@@ -18,11 +18,16 @@ pub const ROW_BLOCKS: &str = "row_blocks";
 /// Rows per block when an `n × dim` f32 table must be split to keep each block within
 /// `max_bytes`; `None` when the whole table fits.
 pub fn rows_per_block(n: usize, dim: usize, max_bytes: u64) -> Option<usize> {
-    let row = (dim as u64).max(1) * 4;
-    if n as u64 * row <= max_bytes {
-        return None;
-    }
-    Some(((max_bytes / row) as usize).max(1))
+    let rows = rows_within(dim, max_bytes);
+    (n > rows).then_some(rows)
+}
+
+/// The most rows of `width` f32 values that fit in `max_bytes` (at least one).
+pub fn rows_within(width: usize, max_bytes: u64) -> usize {
+    let row = (width as u64).max(1) * 4;
+    usize::try_from(max_bytes / row)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 /// Configuration of a [`LoraEmbedding`] created from scratch (no adapters yet).

@@ -151,7 +151,9 @@ pub use config::{
     TargetModules,
 };
 pub use convert::save_adapter_converted;
-pub use embedding::{EmbeddingAdapter, LoraEmbedding, LoraEmbeddingConfig, rows_per_block};
+pub use embedding::{
+    EmbeddingAdapter, LoraEmbedding, LoraEmbeddingConfig, rows_per_block, rows_within,
+};
 pub use error::{LoraError, Result};
 pub use layer::{Factors, LayerKind, LoraLayer};
 pub use linear::{LinearAdapter, LoraLinear, LoraLinearConfig, linear_rows};

@@ -181,9 +181,9 @@ impl Gpt2LmHeadModel {
     /// The most target positions whose `[positions, vocab]` logits fit the device's per-tensor
     /// limit (unbounded on the CPU backends): the loss is chunked at least this finely.
     pub fn max_logit_rows(&self, device: &Device) -> usize {
-        let vocab = self.transformer.wte.dims().0.max(1) as u64;
+        let vocab = self.transformer.wte.dims().0;
         lora_core::device::max_tensor_bytes(device)
-            .map_or(usize::MAX, |limit| (limit / (vocab * 4)).max(1) as usize)
+            .map_or(usize::MAX, |limit| lora_core::rows_within(vocab, limit))
     }
 
     /// The mean next-token cross-entropy of a batch (label smoothing `smoothing`), with the
