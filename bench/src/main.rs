@@ -185,6 +185,49 @@ struct TorchResults {
     failures: Vec<String>,
 }
 
+/// `scripts/bench_torch.py`'s arguments for the same runs as ours (`--json` aside).
+fn torch_args(args: &Args) -> Vec<String> {
+    let threads = args
+        .torch_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let archs: Vec<&str> = args.arch.iter().map(|a| a.name()).collect();
+    let modes: Vec<&str> = args
+        .mode
+        .iter()
+        .filter(|m| matches!(m, TrainMode::Full | TrainMode::Lora))
+        .map(|m| m.name())
+        .collect();
+    let size = if args.size == Size::Tiny {
+        "tiny"
+    } else {
+        "real"
+    };
+    let mut out: Vec<String> = [
+        ("--arch", archs.join(",")),
+        ("--mode", modes.join(",")),
+        ("--batch", args.batch.to_string()),
+        ("--seq", args.seq.to_string()),
+        ("--warmup", args.warmup.to_string()),
+        ("--steps", args.steps.to_string()),
+        ("--r", args.r.to_string()),
+        ("--alpha", args.alpha.to_string()),
+        ("--threads", threads.to_string()),
+        ("--targets", args.targets.name().to_string()),
+        ("--size", size.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect();
+    out.extend(args.vocab.map(|v| format!("--vocab={v}")));
+    if args.no_infer {
+        out.push("--no-infer".into());
+    }
+    if args.no_train {
+        out.push("--no-train".into());
+    }
+    out
+}
+
 fn run_torch(args: &Args, python: &Path) -> Result<TorchResults> {
     let script = args
         .torch_script
@@ -198,57 +241,11 @@ fn run_torch(args: &Args, python: &Path) -> Result<TorchResults> {
     }
     let out_file =
         std::env::temp_dir().join(format!("lora-bench-torch-{}.json", std::process::id()));
-    let threads = args
-        .torch_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let archs: Vec<&str> = args.arch.iter().map(|a| a.name()).collect();
-    let modes: Vec<&str> = args
-        .mode
-        .iter()
-        .filter(|m| matches!(m, TrainMode::Full | TrainMode::Lora))
-        .map(|m| m.name())
-        .collect();
     let mut cmd = Command::new(python);
     cmd.arg(&script)
-        .args(["--arch", &archs.join(",")])
-        .args(["--mode", &modes.join(",")])
-        .args([
-            "--batch",
-            &args.batch.to_string(),
-            "--seq",
-            &args.seq.to_string(),
-        ])
-        .args([
-            "--warmup",
-            &args.warmup.to_string(),
-            "--steps",
-            &args.steps.to_string(),
-        ])
-        .args([
-            "--r",
-            &args.r.to_string(),
-            "--alpha",
-            &args.alpha.to_string(),
-        ])
-        .args(["--threads", &threads.to_string()])
-        .args(["--targets", args.targets.name()])
-        .args(args.vocab.map(|v| format!("--vocab={v}")))
-        .args([
-            "--size",
-            if args.size == Size::Tiny {
-                "tiny"
-            } else {
-                "real"
-            },
-        ])
+        .args(torch_args(args))
         .arg("--json")
         .arg(&out_file);
-    if args.no_infer {
-        cmd.arg("--no-infer");
-    }
-    if args.no_train {
-        cmd.arg("--no-train");
-    }
     eprintln!("PyTorch + PEFT reference: {}", script.display());
     let status = cmd
         .stderr(Stdio::inherit())

@@ -14,7 +14,8 @@ use lora_train::optim::{AdamW, GradAccumulator, OptimizerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{
-    Arch, BenchModel, LoraShape, Size, Targets, TrainMode, gpt2, prepare, random_batch, roberta,
+    Arch, Batch, BenchModel, LoraShape, Size, Targets, TrainMode, gpt2, prepare, random_batch,
+    roberta,
 };
 use crate::{BenchError, Result};
 
@@ -234,6 +235,54 @@ fn device_reserved(device: &Device) -> Option<u64> {
     device.memory_pool_usage().map(|u| u.bytes_reserved)
 }
 
+/// One training step's loss and timings in seconds.
+#[derive(Clone, Copy)]
+struct Sample {
+    loss: f64,
+    forward: f64,
+    backward: f64,
+    step: f64,
+}
+
+/// One training step on `batch`, timed by phase: each phase ends with a synchronisation so the
+/// split is real on asynchronous devices (the syncs cost microseconds).
+fn timed_step<M: BenchModel>(
+    model: M,
+    batch: &Batch,
+    spec: &RunSpec,
+    opt: &mut Optimizer,
+    ad: &Device,
+) -> Result<(M, Sample)> {
+    let start = Instant::now();
+    let (loss, forward, grads) = match spec.memory.is_plain() {
+        true => {
+            let loss = model.loss(batch)?;
+            let value = scalar(loss.clone().detach())?;
+            let forward = start.elapsed().as_secs_f64();
+            (value, forward, vec![loss.backward()])
+        }
+        // Forward and backward interleave: all of it counts as backward.
+        false => {
+            let (loss, grads) = model.segmented(batch, spec.memory)?;
+            (scalar(loss)?, 0.0, grads)
+        }
+    };
+    sync(ad)?;
+    let backward = start.elapsed().as_secs_f64() - forward;
+    let model = opt.step(model, grads)?;
+    sync(ad)?;
+    let step = start.elapsed().as_secs_f64();
+    Ok((
+        model,
+        Sample {
+            loss,
+            forward,
+            backward,
+            step,
+        },
+    ))
+}
+
 fn train_loop<M: BenchModel>(
     model: M,
     spec: &RunSpec,
@@ -252,46 +301,27 @@ fn train_loop<M: BenchModel>(
     let batch = random_batch(M::arch(), spec.size, spec.vocab, spec.batch, spec.seq, &ad);
     let mut opt = Optimizer::for_mode(mode);
     let rss_before = rss().1;
-    let mut times = Vec::with_capacity(spec.steps);
-    let mut phases = [Vec::new(), Vec::new(), Vec::new()];
-    let mut losses = Vec::with_capacity(spec.steps);
+    let mut samples = Vec::with_capacity(spec.steps);
     for i in 0..spec.warmup + spec.steps {
-        // Each phase ends with a synchronisation so the split is real on asynchronous devices;
-        // the step time is the sum (the syncs cost microseconds).
-        let start = Instant::now();
-        let (value, forward, grads) = match spec.memory.is_plain() {
-            true => {
-                let loss = model.loss(&batch)?;
-                let value = scalar(loss.clone().detach())?;
-                let forward = start.elapsed().as_secs_f64();
-                (value, forward, vec![loss.backward()])
-            }
-            // Forward and backward interleave: all of it counts as backward.
-            false => {
-                let (loss, grads) = model.segmented(&batch, spec.memory)?;
-                (scalar(loss)?, 0.0, grads)
-            }
-        };
-        sync(&ad)?;
-        let backward = start.elapsed().as_secs_f64() - forward;
-        model = opt.step(model, grads)?;
-        sync(&ad)?;
-        let elapsed = start.elapsed().as_secs_f64();
-        if !value.is_finite() {
+        let (next, sample) = timed_step(model, &batch, spec, &mut opt, &ad)?;
+        model = next;
+        let Sample {
+            loss,
+            forward,
+            backward,
+            step,
+        } = sample;
+        if !loss.is_finite() {
             return Err(BenchError::Invalid(format!(
-                "{}: loss is {value}",
+                "{}: loss is {loss}",
                 mode.name()
             )));
         }
         if i >= spec.warmup {
-            times.push(elapsed);
-            phases[0].push(forward);
-            phases[1].push(backward);
-            phases[2].push(elapsed - forward - backward);
-            losses.push(value);
+            samples.push(sample);
         }
         eprintln!(
-            "  {} {} {} step {}/{}: {elapsed:.3} s (forward {forward:.3}, backward {backward:.3}), loss {value:.4}",
+            "  {} {} {} step {}/{}: {step:.3} s (forward {forward:.3}, backward {backward:.3}), loss {loss:.4}",
             spec.arch.label(),
             spec.device,
             mode.name(),
@@ -299,18 +329,20 @@ fn train_loop<M: BenchModel>(
             spec.warmup + spec.steps,
         );
     }
+    let times: Vec<f64> = samples.iter().map(|s| s.step).collect();
+    let phase = |f: fn(&Sample) -> f64| Some(median(&samples.iter().map(f).collect::<Vec<_>>()));
     Ok(TrainRun {
         arch: M::arch(),
         device: spec.device.clone(),
         mode: mode.name().into(),
         trainable_params: trainable,
         median_s: median(&times),
-        forward_s: Some(median(&phases[0])),
-        backward_s: Some(median(&phases[1])),
-        optimizer_s: Some(median(&phases[2])),
+        forward_s: phase(|s| s.forward),
+        backward_s: phase(|s| s.backward),
+        optimizer_s: phase(|s| s.step - s.forward - s.backward),
         step_seconds: times,
-        loss_first: losses.first().copied().unwrap_or(f64::NAN),
-        loss_last: losses.last().copied().unwrap_or(f64::NAN),
+        loss_first: samples.first().map_or(f64::NAN, |s| s.loss),
+        loss_last: samples.last().map_or(f64::NAN, |s| s.loss),
         rss_before_bytes: rss_before,
         peak_rss_bytes: rss().0,
         device_reserved_bytes: device_reserved(&ad),

@@ -289,15 +289,45 @@ impl Report {
 
     /// The report as text tables (absolute figures, then ratios).
     pub fn table(&self) -> String {
-        let mb = |b: Option<u64>| match b {
-            Some(b) => format!("{:.0}", b as f64 / (1024.0 * 1024.0)),
-            None => "-".into(),
-        };
+        let mut t = self.heading();
+        for arch in [Arch::Gpt2, Arch::Roberta] {
+            let runs: Vec<&TrainRun> = self.train.iter().filter(|r| r.arch == arch).collect();
+            let infers: Vec<&InferRun> = self.infer.iter().filter(|r| r.arch == arch).collect();
+            let ratios: Vec<&Ratio> = self.ratios.iter().filter(|r| r.arch == arch).collect();
+            if !runs.is_empty() {
+                t += &train_table(arch, &runs);
+            }
+            if !infers.is_empty() {
+                t += &infer_table(arch, &infers);
+            }
+            if !ratios.is_empty() {
+                t += &ratio_table(arch, &ratios);
+            }
+        }
+        if !self.failures.is_empty() {
+            t += "\nNot measured:\n";
+            for f in &self.failures {
+                let _ = writeln!(t, "- {f}");
+            }
+        }
+        t
+    }
+
+    /// The line that says what was measured: shapes, adapter, samples, machine, commit.
+    fn heading(&self) -> String {
         let s = &self.setup;
-        let mut t = String::new();
-        let _ = writeln!(
-            t,
-            "batch {} × {} tokens · LoRA r={} α={} on {} layers · median of {} steps after {} warm-up · {} CPUs{}{}",
+        let cpu = s
+            .cpu
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        let commit = s
+            .commit
+            .as_deref()
+            .map(|c| format!(" · commit {c}"))
+            .unwrap_or_default();
+        format!(
+            "batch {} × {} tokens · LoRA r={} α={} on {} layers · median of {} steps after {} warm-up · {} CPUs{cpu}{commit}\n",
             s.batch,
             s.seq,
             s.lora.map_or(0, |l| l.r),
@@ -306,95 +336,77 @@ impl Report {
             s.steps,
             s.warmup,
             s.cpus,
-            s.cpu
-                .as_deref()
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default(),
-            s.commit
-                .as_deref()
-                .map(|c| format!(" · commit {c}"))
-                .unwrap_or_default(),
-        );
-        for arch in [Arch::Gpt2, Arch::Roberta] {
-            let runs: Vec<&TrainRun> = self.train.iter().filter(|r| r.arch == arch).collect();
-            let infers: Vec<&InferRun> = self.infer.iter().filter(|r| r.arch == arch).collect();
-            if runs.is_empty() && infers.is_empty() {
-                continue;
-            }
-            if !runs.is_empty() {
-                let _ = writeln!(t, "\n{} — training step", arch.label());
-                let _ = writeln!(
-                    t,
-                    "| device | mode | step s (median) | forward s | backward s | optimizer s | peak RSS MiB | peak − model MiB | device reserved MiB | trainable params | loss first → last |"
-                );
-                let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-                let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.3}"));
-                for r in runs {
-                    let _ = writeln!(
-                        t,
-                        "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {:.4} → {:.4} |",
-                        r.device,
-                        r.mode,
-                        r.median_s,
-                        secs(r.forward_s),
-                        secs(r.backward_s),
-                        secs(r.optimizer_s),
-                        mb(r.peak_rss_bytes),
-                        mb(training_memory(r)),
-                        mb(r.device_reserved_bytes),
-                        r.trainable_params,
-                        r.loss_first,
-                        r.loss_last
-                    );
-                }
-            }
-            if !infers.is_empty() {
-                let _ = writeln!(t, "\n{} — inference forward", arch.label());
-                let _ = writeln!(
-                    t,
-                    "| device | base s | LoRA unmerged s | LoRA merged s | max abs(merged − unmerged) |"
-                );
-                let _ = writeln!(t, "|---|---:|---:|---:|---:|");
-                for i in infers {
-                    let _ = writeln!(
-                        t,
-                        "| {} | {:.4} | {:.4} | {:.4} | {:.1e} |",
-                        i.device, i.base_s, i.unmerged_s, i.merged_s, i.merged_max_abs_diff
-                    );
-                }
-            }
-            let ratios: Vec<&Ratio> = self.ratios.iter().filter(|r| r.arch == arch).collect();
-            if !ratios.is_empty() {
-                let _ = writeln!(t, "\n{} — ratios", arch.label());
-                let _ = writeln!(t, "| device | ratio | value | target | met |");
-                let _ = writeln!(t, "|---|---|---:|---:|---|");
-                for r in ratios {
-                    let _ = writeln!(
-                        t,
-                        "| {} | {} | {:.3} | {} | {} |",
-                        r.device,
-                        r.what,
-                        r.value,
-                        r.target
-                            .map(|x| format!("≤ {x}"))
-                            .unwrap_or_else(|| "-".into()),
-                        match r.met() {
-                            Some(true) => "yes",
-                            Some(false) => "NO",
-                            None => "-",
-                        }
-                    );
-                }
-            }
-        }
-        if !self.failures.is_empty() {
-            let _ = writeln!(t, "\nNot measured:");
-            for f in &self.failures {
-                let _ = writeln!(t, "- {f}");
-            }
-        }
-        t
+        )
     }
+}
+
+/// Mebibytes with no decimals, or `-` when not measured.
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| {
+        format!("{:.0}", b as f64 / (1024.0 * 1024.0))
+    })
+}
+
+/// One architecture's training-step table.
+fn train_table(arch: Arch, runs: &[&TrainRun]) -> String {
+    let secs = |s: Option<f64>| s.map_or("-".into(), |s| format!("{s:.3}"));
+    let mut t = format!("\n{} — training step\n", arch.label());
+    t += "| device | mode | step s (median) | forward s | backward s | optimizer s | peak RSS MiB | peak − model MiB | device reserved MiB | trainable params | loss first → last |\n";
+    t += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    for r in runs {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {:.4} → {:.4} |",
+            r.device,
+            r.mode,
+            r.median_s,
+            secs(r.forward_s),
+            secs(r.backward_s),
+            secs(r.optimizer_s),
+            mib(r.peak_rss_bytes),
+            mib(training_memory(r)),
+            mib(r.device_reserved_bytes),
+            r.trainable_params,
+            r.loss_first,
+            r.loss_last
+        );
+    }
+    t
+}
+
+/// One architecture's inference table: base, unmerged and merged forward passes.
+fn infer_table(arch: Arch, infers: &[&InferRun]) -> String {
+    let mut t = format!("\n{} — inference forward\n", arch.label());
+    t += "| device | base s | LoRA unmerged s | LoRA merged s | max abs(merged − unmerged) |\n";
+    t += "|---|---:|---:|---:|---:|\n";
+    for i in infers {
+        let _ = writeln!(
+            t,
+            "| {} | {:.4} | {:.4} | {:.4} | {:.1e} |",
+            i.device, i.base_s, i.unmerged_s, i.merged_s, i.merged_max_abs_diff
+        );
+    }
+    t
+}
+
+/// One architecture's ratios, each against its target where it has one.
+fn ratio_table(arch: Arch, ratios: &[&Ratio]) -> String {
+    let mut t = format!("\n{} — ratios\n", arch.label());
+    t += "| device | ratio | value | target | met |\n|---|---|---:|---:|---|\n";
+    for r in ratios {
+        let target = r.target.map_or("-".into(), |x| format!("≤ {x}"));
+        let met = match r.met() {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.3} | {target} | {met} |",
+            r.device, r.what, r.value
+        );
+    }
+    t
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ use lora_models::gpt2::{
     CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, MemoryOptions, inject_gpt2_lora,
 };
 use lora_train::{
-    Columns, DataConfig, LossConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, Trainer,
-    TrainerConfig, Warmup, load_text_datasets,
+    Columns, DataConfig, LossConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, TrainSummary,
+    Trainer, TrainerConfig, Warmup, load_text_datasets,
 };
 
 #[derive(Parser)]
@@ -356,41 +356,9 @@ fn mode(m: Mode) -> CAttnMode {
     }
 }
 
-fn train(mut a: TrainArgs) -> Result<()> {
-    a.data = data_file(&a.data, "--data", "train")?;
-    a.valid = match a.valid.take() {
-        Some(v) => Some(data_file(&v, "--valid", "validation")?),
-        None => None,
-    };
-    let (model, _, dir, device) = load(&a.model)?;
-    let tokenizer = TextTokenizer::from_dir(a.data_args.tokenizer.as_deref().unwrap_or(&dir))?;
-    let data = a
-        .data_args
-        .config(if a.valid.is_some() { 0.0 } else { 0.1 });
-    let (train_set, valid_set) =
-        load_text_datasets(&a.data, a.valid.as_deref(), &data, &tokenizer)?;
-    device.seed(a.run.seed); // adapter initialisation
-    let targets: Vec<&str> = a.targets.split(',').map(str::trim).collect();
-    let lora = LoraConfig {
-        base_model_name_or_path: Some(a.model.base_model_name_or_path()),
-        ..LoraConfig::new(a.r, a.alpha, &targets).with_dropout(a.dropout)
-    };
-    if !(0.0..1.0).contains(&a.label_smoothing) {
-        return Err(CliError::Message(format!(
-            "--label-smoothing {} must be in [0, 1)",
-            a.label_smoothing
-        )));
-    }
-    let (model, lora) = inject_gpt2_lora(model, &lora, "default", mode(a.mode))?;
-    if a.loss_chunk == Some(0) {
-        return Err(CliError::Message("--loss-chunk must be at least 1".into()));
-    }
-    let model = model.with_memory(MemoryOptions {
-        checkpoint_blocks: a.gradient_checkpointing,
-        loss_chunk: a.loss_chunk,
-    });
-    eprintln!("{}", ParamReport::new(&model, &lora).summary());
-    let config = TrainerConfig {
+/// The trainer's settings from the command line.
+fn trainer_config(a: &TrainArgs) -> TrainerConfig {
+    TrainerConfig {
         output_dir: a.run.out.clone(),
         num_epochs: a.epochs,
         max_steps: a.run.max_steps,
@@ -411,7 +379,59 @@ fn train(mut a: TrainArgs) -> Result<()> {
         resume: a.run.resume_mode(),
         overwrite_output_dir: a.run.overwrite,
         ..TrainerConfig::default()
+    }
+}
+
+/// The closing lines of a finished run: steps, time, losses, where the adapter is.
+fn report_done(s: &TrainSummary) {
+    eprintln!(
+        "done: {} steps in {:.1?}, first loss {:.4}, last loss {:.4}, adapter in {}",
+        s.global_step,
+        s.wall_time,
+        s.losses.first().copied().unwrap_or(f64::NAN),
+        s.losses.last().copied().unwrap_or(f64::NAN),
+        s.adapter_dir.display()
+    );
+    if let Some(m) = &s.final_eval {
+        eprintln!("validation: {m:?}");
+    }
+}
+
+fn train(mut a: TrainArgs) -> Result<()> {
+    if !(0.0..1.0).contains(&a.label_smoothing) {
+        return Err(CliError::Message(format!(
+            "--label-smoothing {} must be in [0, 1)",
+            a.label_smoothing
+        )));
+    }
+    if a.loss_chunk == Some(0) {
+        return Err(CliError::Message("--loss-chunk must be at least 1".into()));
+    }
+    a.data = data_file(&a.data, "--data", "train")?;
+    a.valid = match a.valid.take() {
+        Some(v) => Some(data_file(&v, "--valid", "validation")?),
+        None => None,
     };
+    let (model, _, dir, device) = load(&a.model)?;
+    let tokenizer = TextTokenizer::from_dir(a.data_args.tokenizer.as_deref().unwrap_or(&dir))?;
+    let data = a
+        .data_args
+        .config(if a.valid.is_some() { 0.0 } else { 0.1 });
+    let (train_set, valid_set) =
+        load_text_datasets(&a.data, a.valid.as_deref(), &data, &tokenizer)?;
+    device.seed(a.run.seed); // adapter initialisation
+    let targets: Vec<&str> = a.targets.split(',').map(str::trim).collect();
+    let lora = LoraConfig {
+        base_model_name_or_path: Some(a.model.base_model_name_or_path()),
+        ..LoraConfig::new(a.r, a.alpha, &targets).with_dropout(a.dropout)
+    };
+    let (model, lora) = inject_gpt2_lora(model, &lora, "default", mode(a.mode))?;
+    let model = model.with_memory(MemoryOptions {
+        checkpoint_blocks: a.gradient_checkpointing,
+        loss_chunk: a.loss_chunk,
+    });
+    eprintln!("{}", ParamReport::new(&model, &lora).summary());
+    let config = trainer_config(&a);
     let run = serde_json::json!({
         "model": dir, "data": a.data, "valid": a.valid, "lora": lora,
         "trainer": config, "data_config": data, "c_attn_mode": format!("{:?}", mode(a.mode)),
@@ -429,17 +449,7 @@ fn train(mut a: TrainArgs) -> Result<()> {
     if let Some(stopped) = interruption(&interrupter, s) {
         return Err(stopped);
     }
-    eprintln!(
-        "done: {} steps in {:.1?}, first loss {:.4}, last loss {:.4}, adapter in {}",
-        s.global_step,
-        s.wall_time,
-        s.losses.first().copied().unwrap_or(f64::NAN),
-        s.losses.last().copied().unwrap_or(f64::NAN),
-        s.adapter_dir.display()
-    );
-    if let Some(m) = &s.final_eval {
-        eprintln!("validation: {m:?}");
-    }
+    report_done(s);
     Ok(())
 }
 

@@ -141,19 +141,8 @@ fn no_target(scan: &Scan, config: &LoraConfig, parameters: &[String]) -> LoraErr
     }
 }
 
-/// Attaches adapter `name` to every parameter `config` selects (PEFT's `get_peft_model` /
-/// `add_adapter`) on any burn module, then freezes everything except the adapters and what
-/// `bias` and `modules_to_save` select. As in PEFT, only a model's first adapter starts active;
-/// later ones are added inactive (and frozen) until [`set_active_adapters`] names them.
-///
-/// Targets are matched against the paths `map` gives (see [`PathMap`]). All checks run before
-/// the model is touched.
-pub fn inject_adapter<M: Module>(
-    model: M,
-    config: &LoraConfig,
-    name: &str,
-    map: &PathMap,
-) -> Result<M> {
+/// What weight-level adapters cannot do, refused before anything is touched.
+fn check_weight_config(config: &LoraConfig) -> Result<()> {
     config.validate()?;
     config.init_lora_weights.check_initialisable()?;
     if config.init_lora_weights.changes_base() {
@@ -171,11 +160,12 @@ pub fn inject_adapter<M: Module>(
             config.lora_dropout
         )));
     }
-    let found = scan(&model, map);
-    check_one_bias_adapter(&found, config, name)?;
-    let first = found.adapter_names().is_empty();
-    let targets = select(&found, config)?;
-    for t in &targets {
+    Ok(())
+}
+
+/// Refuses `name` where a selected parameter already has an adapter of that name.
+fn check_new_name(found: &Scan, targets: &[Target], name: &str) -> Result<()> {
+    for t in targets {
         if let Some(l) = found.sites.get(&t.param.burn_path)
             && l.metas.iter().any(|m| m.name == name)
         {
@@ -185,6 +175,28 @@ pub fn inject_adapter<M: Module>(
             });
         }
     }
+    Ok(())
+}
+
+/// Attaches adapter `name` to every parameter `config` selects (PEFT's `get_peft_model` /
+/// `add_adapter`) on any burn module, then freezes everything except the adapters and what
+/// `bias` and `modules_to_save` select. As in PEFT, only a model's first adapter starts active;
+/// later ones are added inactive (and frozen) until [`set_active_adapters`] names them.
+///
+/// Targets are matched against the paths `map` gives (see [`PathMap`]). All checks run before
+/// the model is touched.
+pub fn inject_adapter<M: Module>(
+    model: M,
+    config: &LoraConfig,
+    name: &str,
+    map: &PathMap,
+) -> Result<M> {
+    check_weight_config(config)?;
+    let found = scan(&model, map);
+    check_one_bias_adapter(&found, config, name)?;
+    let first = found.adapter_names().is_empty();
+    let targets = select(&found, config)?;
+    check_new_name(&found, &targets, name)?;
     let values = base_values(
         &model,
         &targets.iter().map(|t| t.param.burn_path.clone()).collect(),
