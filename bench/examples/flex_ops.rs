@@ -92,4 +92,28 @@ fn main() {
             tensors * bytes / s / 1e9
         );
     }
+    // Dropout in training (an autodiff device): burn's layer against lora_core's host mask.
+    let ad = device.clone().autodiff();
+    let x = Tensor::<2>::random([512, 3072], Distribution::Default, &ad);
+    let layer = burn::nn::DropoutConfig::new(0.1).init();
+    let ops: [(&str, f64, Op); 2] = [
+        (
+            "dropout, burn-nn",
+            2.0,
+            Box::new(|| layer.forward(x.clone())),
+        ),
+        (
+            "dropout, lora_core (host mask)",
+            2.0,
+            Box::new(|| lora_core::dropout(&layer, x.clone())),
+        ),
+    ];
+    for (name, tensors, op) in ops {
+        let s = time(&device, 20, op);
+        println!(
+            "| {name} | [512,3072] | {:.3} | {:.1} GB/s |",
+            s * 1e3,
+            tensors * bytes / s / 1e9
+        );
+    }
 }

@@ -105,6 +105,20 @@ pub fn max_tensor_bytes(device: &Device) -> Option<u64> {
     None
 }
 
+/// Whether `device` computes on the host CPU (flex, ndarray), as opposed to a GPU through cubecl.
+pub fn is_host(device: &Device) -> bool {
+    #[cfg(feature = "wgpu")]
+    {
+        use burn::backend::DispatchDevice;
+        let inner = device.clone().inner();
+        if matches!(inner.as_dispatch(), DispatchDevice::Cube(_)) {
+            return false;
+        }
+    }
+    let _ = device;
+    true
+}
+
 /// Errors with [`LoraError::TooLarge`] when an f32 tensor of `shape` would exceed `device`'s
 /// per-tensor limit ([`max_tensor_bytes`]); `tensor` names it and `hint` says what to change.
 pub fn check_fits(device: &Device, tensor: &str, shape: &[usize], hint: &str) -> Result<()> {

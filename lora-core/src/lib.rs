@@ -125,6 +125,7 @@ pub mod combine;
 pub mod config;
 pub mod convert;
 pub mod device;
+mod dropout;
 pub mod embedding;
 pub mod error;
 pub mod hash;
@@ -151,6 +152,7 @@ pub use config::{
     TargetModules,
 };
 pub use convert::save_adapter_converted;
+pub use dropout::dropout;
 pub use embedding::{
     EmbeddingAdapter, LoraEmbedding, LoraEmbeddingConfig, rows_per_block, rows_within,
 };

@@ -107,7 +107,7 @@ impl LinearAdapter {
     /// - `x`: `[..., d_in]`
     /// - output: `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>, d_out: usize) -> Tensor<D> {
-        self.branch(self.dropout.forward(x), d_out)
+        self.branch(crate::dropout(&self.dropout, x), d_out)
     }
 
     /// DoRA's contribution (PEFT's `DoraLinearLayer`): with `f = m / ‖W + ΔW‖` per output
@@ -122,7 +122,7 @@ impl LinearAdapter {
         let Some(m) = &self.magnitude else {
             return self.forward(x, d_out);
         };
-        let x = self.dropout.forward(x);
+        let x = crate::dropout(&self.dropout, x);
         let norm = column_norm(weight.clone() + self.delta_weight(d_out)).detach();
         let mut shape = [1; D];
         shape[D - 1] = d_out;

@@ -11,6 +11,7 @@ use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax, tanh};
+use lora_core::dropout;
 
 use lora_core::sites::join_path;
 use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, LoraSites, lora_sites};
@@ -115,7 +116,7 @@ impl BertEmbeddings {
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(positions);
-        self.dropout.forward(self.layer_norm.forward(x))
+        dropout(&self.dropout, self.layer_norm.forward(x))
     }
 }
 
@@ -153,7 +154,7 @@ impl BertSelfAttention {
             .mul_scalar(1.0 / (dh as f64).sqrt());
         // Only keys are masked; a large finite negative keeps every row finite.
         let scores = scores.mask_fill(mask.expand([b, h, t, t]), -1e9);
-        let probs = self.dropout.forward(softmax(scores, 3));
+        let probs = dropout(&self.dropout, softmax(scores, 3));
         probs.matmul(v).swap_dims(1, 2).reshape([b, t, d])
     }
 }
@@ -174,7 +175,7 @@ impl BertSelfOutput {
     /// - `hidden`, `input`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
     pub fn forward(&self, hidden: Tensor<3>, input: Tensor<3>) -> Tensor<3> {
         self.layer_norm
-            .forward(self.dropout.forward(self.dense.forward(hidden)) + input)
+            .forward(dropout(&self.dropout, self.dense.forward(hidden)) + input)
     }
 }
 
@@ -231,7 +232,7 @@ impl BertOutput {
     /// - output: `[batch, seq, hidden]`
     pub fn forward(&self, hidden: Tensor<3>, input: Tensor<3>) -> Tensor<3> {
         self.layer_norm
-            .forward(self.dropout.forward(self.dense.forward(hidden)) + input)
+            .forward(dropout(&self.dropout, self.dense.forward(hidden)) + input)
     }
 }
 
@@ -477,8 +478,8 @@ impl RobertaClassificationHead {
     /// # Shapes
     /// - `hidden`: `[batch, seq, hidden]` → `[batch, num_labels]`
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<2> {
-        let x = self.dropout.forward(first_token(hidden));
-        let x = self.dropout.forward(tanh(self.dense.forward(x)));
+        let x = dropout(&self.dropout, first_token(hidden));
+        let x = dropout(&self.dropout, tanh(self.dense.forward(x)));
         self.out_proj.forward(x)
     }
 }
@@ -582,7 +583,7 @@ impl BertForSequenceClassification {
             .bert
             .pooled_output(hidden)
             .ok_or_else(|| ModelError::InvalidInput("the BERT body has no pooler".into()))?;
-        Ok(self.classifier.forward(self.dropout.forward(pooled)))
+        Ok(self.classifier.forward(dropout(&self.dropout, pooled)))
     }
 
     /// Number of labels of the head.

@@ -3,6 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::Gradients;
+use lora_core::dropout;
 
 use super::model::{BertForSequenceClassification, BertModel, RobertaForSequenceClassification};
 use crate::checkpoint::{self, Stack, grad_of};
@@ -67,7 +68,7 @@ impl EncoderClassifier for BertForSequenceClassification {
     fn head(&self, hidden: Tensor<3>) -> Result<Tensor<2>> {
         let pooled = (self.bert.pooled_output(hidden))
             .ok_or_else(|| ModelError::InvalidInput("the BERT body has no pooler".into()))?;
-        Ok(self.classifier.forward(self.dropout.forward(pooled)))
+        Ok(self.classifier.forward(dropout(&self.dropout, pooled)))
     }
 }
 

@@ -5,6 +5,7 @@
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use lora_core::dropout;
 
 use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, lora_sites};
 
@@ -113,9 +114,9 @@ impl Gpt2Attention {
             .mul_scalar(self.score_scale);
         // A large finite negative keeps fully masked rows (left padding) free of NaN.
         let scores = scores.mask_fill(mask, -1e9);
-        let probs = self.attn_dropout.forward(softmax(scores, 3));
+        let probs = dropout(&self.attn_dropout, softmax(scores, 3));
         let out = probs.matmul(v.clone()).swap_dims(1, 2).reshape([b, t, d]);
-        let out = self.resid_dropout.forward(self.c_proj.forward(out));
+        let out = dropout(&self.resid_dropout, self.c_proj.forward(out));
         (out, LayerCache { k, v })
     }
 }
@@ -140,7 +141,7 @@ impl Gpt2Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.c_fc.forward(x);
         let h = self.activation.forward(h);
-        self.dropout.forward(self.c_proj.forward(h))
+        dropout(&self.dropout, self.c_proj.forward(h))
     }
 }
 
@@ -345,8 +346,10 @@ impl Gpt2Model {
     /// # Shapes
     /// - `ids`, `positions`: `[batch, new]` → `[batch, new, n_embd]`
     pub fn embed(&self, ids: Tensor<2, Int>, positions: Tensor<2, Int>) -> Tensor<3> {
-        self.drop
-            .forward(self.wte.forward(ids) + self.wpe.forward(positions))
+        dropout(
+            &self.drop,
+            self.wte.forward(ids) + self.wpe.forward(positions),
+        )
     }
 
     /// Checks a forward's inputs and returns the position ids and the 4-D attention mask.
