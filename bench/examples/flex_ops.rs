@@ -32,6 +32,22 @@ fn time(device: &Device, reps: usize, mut f: impl FnMut() -> Tensor<2>) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// A `[512, 3072]` op: its name, how many such tensors it reads and writes, and the op.
+type Op<'a> = (&'static str, f64, Box<dyn Fn() -> Tensor<2> + 'a>);
+
+/// One table row per op: median milliseconds and the bandwidth its tensors imply.
+fn print_rows(device: &Device, ops: Vec<Op>) {
+    let bytes = 512.0 * 3072.0 * 4.0;
+    for (name, tensors, op) in ops {
+        let s = time(device, 20, op);
+        println!(
+            "| {name} | [512,3072] | {:.3} | {:.1} GB/s |",
+            s * 1e3,
+            tensors * bytes / s / 1e9
+        );
+    }
+}
+
 fn main() {
     let device = Device::flex();
     println!("| op | shape | ms | GFLOP/s or GB/s |\n|---|---|---:|---:|");
@@ -67,12 +83,10 @@ fn main() {
     }
     let a = Tensor::<2>::random([512, 3072], Distribution::Default, &device);
     let b = Tensor::<2>::random([512, 3072], Distribution::Default, &device);
-    let bytes = 512.0 * 3072.0 * 4.0;
     // Element-wise work on a `[512, 3072]` activation (GPT-2's MLP width): GB/s counts the
     // tensors each op reads and writes once. `gelu` is BERT's exact one (an `erf` per element);
     // the Bernoulli draw is a dropout mask.
-    type Op<'a> = Box<dyn Fn() -> Tensor<2> + 'a>;
-    let ops: [(&str, f64, Op); 6] = [
+    let ops: Vec<Op> = vec![
         ("add", 3.0, Box::new(|| a.clone() + b.clone())),
         ("exp", 2.0, Box::new(|| a.clone().exp())),
         ("softmax over 3072", 2.0, Box::new(|| softmax(a.clone(), 1))),
@@ -84,19 +98,12 @@ fn main() {
             Box::new(|| a.random_like(Distribution::Bernoulli(0.9))),
         ),
     ];
-    for (name, tensors, op) in ops {
-        let s = time(&device, 20, op);
-        println!(
-            "| {name} | [512,3072] | {:.3} | {:.1} GB/s |",
-            s * 1e3,
-            tensors * bytes / s / 1e9
-        );
-    }
+    print_rows(&device, ops);
     // Dropout in training (an autodiff device): burn's layer against lora_core's host mask.
     let ad = device.clone().autodiff();
     let x = Tensor::<2>::random([512, 3072], Distribution::Default, &ad);
     let layer = burn::nn::DropoutConfig::new(0.1).init();
-    let ops: [(&str, f64, Op); 2] = [
+    let ops: Vec<Op> = vec![
         (
             "dropout, burn-nn",
             2.0,
@@ -108,12 +115,5 @@ fn main() {
             Box::new(|| lora_core::dropout(&layer, x.clone())),
         ),
     ];
-    for (name, tensors, op) in ops {
-        let s = time(&device, 20, op);
-        println!(
-            "| {name} | [512,3072] | {:.3} | {:.1} GB/s |",
-            s * 1e3,
-            tensors * bytes / s / 1e9
-        );
-    }
+    print_rows(&device, ops);
 }
