@@ -54,6 +54,36 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The trainer settings both programs take the same way: output directory, length, batch,
+    /// learning rate with a linear schedule after `warmup`, seed, resume and overwrite. Each
+    /// program adds its own (weight decay, loss, metric) on top.
+    pub fn trainer_config(
+        &self,
+        num_epochs: usize,
+        batch_size: usize,
+        learning_rate: f64,
+        warmup: lora_train::Warmup,
+    ) -> lora_train::TrainerConfig {
+        lora_train::TrainerConfig {
+            output_dir: self.out.clone(),
+            num_epochs,
+            max_steps: self.max_steps,
+            batch_size,
+            optimizer: lora_train::OptimizerConfig {
+                learning_rate,
+                ..lora_train::OptimizerConfig::default()
+            },
+            schedule: lora_train::ScheduleConfig {
+                kind: lora_train::ScheduleKind::Linear,
+                warmup,
+            },
+            seed: self.seed,
+            resume: self.resume_mode(),
+            overwrite_output_dir: self.overwrite,
+            ..lora_train::TrainerConfig::default()
+        }
+    }
+
     /// The trainer's resume setting.
     pub fn resume_mode(&self) -> lora_train::Resume {
         if self.resume {

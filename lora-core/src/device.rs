@@ -119,6 +119,23 @@ pub fn is_host(device: &Device) -> bool {
     true
 }
 
+/// `n` seeds drawn from `device`'s generator, so a run seeded with `Device::seed` stays
+/// reproducible wherever seeds are handed out (dropout masks, recomputed segments). Each is an
+/// integer below 2³¹.
+pub fn draw_seeds(device: &Device, n: usize) -> Result<Vec<u64>> {
+    let draws = Tensor::<1>::random(
+        [n],
+        burn::tensor::Distribution::Uniform(0.0, 2f64.powi(31)),
+        device,
+    );
+    let values = draws
+        .into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .map_err(|e| LoraError::Device(format!("reading seeds: {e:?}")))?;
+    Ok(values.into_iter().map(|v| v as u64).collect())
+}
+
 /// Errors with [`LoraError::TooLarge`] when an f32 tensor of `shape` would exceed `device`'s
 /// per-tensor limit ([`max_tensor_bytes`]); `tensor` names it and `hint` says what to change.
 pub fn check_fits(device: &Device, tensor: &str, shape: &[usize], hint: &str) -> Result<()> {

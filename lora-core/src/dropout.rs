@@ -2,7 +2,6 @@
 
 use burn::nn::Dropout;
 use burn::prelude::*;
-use burn::tensor::Distribution;
 
 /// [`Dropout::forward`], with the mask drawn faster on CPU devices.
 ///
@@ -26,22 +25,12 @@ pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
     if !crate::device::is_host(&device) {
         return layer.forward(x);
     }
-    let Some(seed) = draw_seed(&device) else {
+    let Ok(seeds) = crate::device::draw_seeds(&device, 2) else {
         return layer.forward(x);
     };
+    let seed = seeds.iter().fold(0, |acc, s| (acc << 31) | s);
     let mask = host_mask(x.shape(), 1.0 - layer.prob, seed);
     x * Tensor::from_data(mask, &device)
-}
-
-/// A 48-bit seed from the device's generator (two exact 24-bit draws).
-fn draw_seed(device: &Device) -> Option<u64> {
-    let draws = Tensor::<1>::random([2], Distribution::Uniform(0.0, 16_777_216.0), device);
-    let v = draws
-        .into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .ok()?;
-    Some(((v[0] as u64) << 24) | v[1] as u64)
 }
 
 /// `1 / keep` where a uniform 32-bit draw falls below `keep · 2³²`, else 0.

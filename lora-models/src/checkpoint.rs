@@ -9,7 +9,7 @@
 //! parameter's gradient is the sum over the parts it appears in.
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, Gradients};
+use burn::tensor::Gradients;
 
 use crate::error::{ModelError, Result};
 
@@ -49,7 +49,7 @@ pub(crate) struct Kept {
 /// # Shapes
 /// - output: `[batch, seq, hidden]`
 pub(crate) fn forward(frozen: &impl Stack, device: &Device) -> Result<(Tensor<3>, Kept)> {
-    let seeds = draw_seeds(device, frozen.len() + 1)?;
+    let seeds = lora_core::device::draw_seeds(device, frozen.len() + 1)?;
     device.seed(seeds[0]);
     let mut x = frozen.embed();
     let mut inputs = Vec::with_capacity(frozen.len());
@@ -110,15 +110,4 @@ pub(crate) fn grad_of<const D: usize>(
             "no gradient reached {what}: a segmented step needs the model on an autodiff device"
         ))
     })
-}
-
-/// `n` dropout seeds drawn from the device's generator (so a seeded run stays reproducible).
-fn draw_seeds(device: &Device, n: usize) -> Result<Vec<u64>> {
-    let draws = Tensor::<1>::random([n], Distribution::Uniform(0.0, 2f64.powi(31)), device);
-    let values = draws
-        .into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .map_err(|e| ModelError::InvalidInput(format!("reading dropout seeds: {e:?}")))?;
-    Ok(values.into_iter().map(|v| v as u64).collect())
 }

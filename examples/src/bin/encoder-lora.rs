@@ -28,8 +28,8 @@ use lora_models::bert::{
     EncoderTokenizer, LoadOptions, RobertaForSequenceClassification, inject_encoder_lora,
 };
 use lora_train::{
-    Columns, DataConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, Task, TextDataset,
-    TrainModel, Trainer, TrainerConfig, Warmup, load_text_datasets,
+    Columns, DataConfig, Task, TextDataset, TrainModel, Trainer, TrainerConfig, Warmup,
+    load_text_datasets,
 };
 
 #[derive(Parser)]
@@ -373,26 +373,12 @@ where
         lora_train::Metric::Accuracy
     });
     let config = TrainerConfig {
-        output_dir: a.run.out.clone(),
-        num_epochs: a.epochs,
-        max_steps: a.run.max_steps,
-        batch_size: a.batch_size,
-        optimizer: OptimizerConfig {
-            learning_rate: a.lr,
-            ..OptimizerConfig::default()
-        },
-        schedule: ScheduleConfig {
-            kind: ScheduleKind::Linear,
-            warmup: Warmup::Ratio(a.warmup_ratio),
-        },
-        seed: a.run.seed,
         // The held-out score of the starting point (fresh head, B = 0), so the run shows what
         // LoRA changed; a resumed run already recorded it.
         eval_on_start: true,
         metric_for_best: metric,
-        resume: a.run.resume_mode(),
-        overwrite_output_dir: a.run.overwrite,
-        ..TrainerConfig::default()
+        ..a.run
+            .trainer_config(a.epochs, a.batch_size, a.lr, Warmup::Ratio(a.warmup_ratio))
     };
     let label_names = train.label_names().map(<[String]>::to_vec);
     let trainer = Trainer::new(config, device)?;

@@ -24,8 +24,8 @@ use lora_models::gpt2::{
     CAttnMode, Decoding, GenerationConfig, Gpt2LmHeadModel, MemoryOptions, inject_gpt2_lora,
 };
 use lora_train::{
-    Columns, DataConfig, LossConfig, OptimizerConfig, ScheduleConfig, ScheduleKind, TrainSummary,
-    Trainer, TrainerConfig, Warmup, load_text_datasets,
+    Columns, DataConfig, LossConfig, OptimizerConfig, TrainSummary, Trainer, TrainerConfig, Warmup,
+    load_text_datasets,
 };
 
 #[derive(Parser)]
@@ -358,27 +358,18 @@ fn mode(m: Mode) -> CAttnMode {
 
 /// The trainer's settings from the command line.
 fn trainer_config(a: &TrainArgs) -> TrainerConfig {
+    let base = a
+        .run
+        .trainer_config(a.epochs, a.batch_size, a.lr, Warmup::Steps(a.warmup_steps));
     TrainerConfig {
-        output_dir: a.run.out.clone(),
-        num_epochs: a.epochs,
-        max_steps: a.run.max_steps,
-        batch_size: a.batch_size,
         optimizer: OptimizerConfig {
-            learning_rate: a.lr,
             weight_decay: a.weight_decay,
-            ..OptimizerConfig::default()
-        },
-        schedule: ScheduleConfig {
-            kind: ScheduleKind::Linear,
-            warmup: Warmup::Steps(a.warmup_steps),
+            ..base.optimizer
         },
         loss: LossConfig {
             label_smoothing: a.label_smoothing,
         },
-        seed: a.run.seed,
-        resume: a.run.resume_mode(),
-        overwrite_output_dir: a.run.overwrite,
-        ..TrainerConfig::default()
+        ..base
     }
 }
 
