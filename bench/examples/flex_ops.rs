@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate, softmax};
 use burn::tensor::module::linear;
 
 /// Median seconds of `f` over `reps` runs after one warm-up, each ended by a device sync.
@@ -91,7 +91,12 @@ fn main() {
         ("exp", 2.0, Box::new(|| a.clone().exp())),
         ("softmax over 3072", 2.0, Box::new(|| softmax(a.clone(), 1))),
         ("sum_dim over 3072", 1.0, Box::new(|| a.clone().sum_dim(1))),
-        ("gelu (erf)", 2.0, Box::new(|| gelu(a.clone()))),
+        ("gelu (erf), burn", 2.0, Box::new(|| gelu(a.clone()))),
+        (
+            "gelu (erf), lora_core",
+            2.0,
+            Box::new(|| lora_core::gelu(a.clone())),
+        ),
         (
             "random Bernoulli (dropout mask)",
             1.0,
@@ -116,4 +121,55 @@ fn main() {
         ),
     ];
     print_rows(&device, ops);
+    gelu_rows(&ad);
+}
+
+/// GELU forward and backward in training (the gradient of `sum(gelu(x))`): burn's ops against
+/// lora_core's fused kernels. GB/s counts `x`, the output, the incoming gradient and `x`'s.
+fn gelu_rows(ad: &Device) {
+    let x = Tensor::<2>::random([512, 3072], Distribution::Normal(0.0, 2.0), ad).require_grad();
+    let train = |f: fn(Tensor<2>) -> Tensor<2>| {
+        let x = x.clone();
+        move || {
+            let grads = f(x.clone()).sum().backward();
+            x.grad(&grads).unwrap_or_else(|| x.clone().inner())
+        }
+    };
+    let ops: Vec<Op> = vec![
+        (
+            "identity fwd+bwd (the sum and its backward alone)",
+            4.0,
+            Box::new(train(|x| x)),
+        ),
+        ("gelu (erf) fwd+bwd, burn", 4.0, Box::new(train(gelu))),
+        (
+            "gelu (erf) fwd+bwd, lora_core",
+            4.0,
+            Box::new(train(lora_core::gelu)),
+        ),
+        (
+            "gelu_new fwd+bwd, burn gelu_approximate",
+            4.0,
+            Box::new(train(gelu_approximate)),
+        ),
+        (
+            "gelu_new fwd+bwd, x·σ(…) from burn ops",
+            4.0,
+            Box::new(train(gelu_new_composed)),
+        ),
+        (
+            "gelu_new fwd+bwd, lora_core",
+            4.0,
+            Box::new(train(lora_core::gelu_tanh)),
+        ),
+    ];
+    print_rows(&ad.clone().inner(), ops);
+}
+
+/// `gelu_new` as `x·σ(2·√(2/π)·(x + 0.044715·x³))` from burn's ops: what lora-models computed
+/// before lora_core's fused kernel.
+fn gelu_new_composed(x: Tensor<2>) -> Tensor<2> {
+    const C: f64 = 1.595_769_121_605_730_7;
+    let z = x.clone() * (x.clone().square() * (C * 0.044_715) + C);
+    x * burn::tensor::activation::sigmoid(z)
 }

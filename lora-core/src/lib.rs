@@ -119,6 +119,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod adapter;
 mod base_init;
 pub mod combine;
@@ -141,6 +142,7 @@ pub mod sites;
 pub mod targeting;
 pub mod weight;
 
+pub use activation::{gelu, gelu_tanh};
 pub use adapter::{
     ADAPTER_FILE, KEY_PREFIX, MAGNITUDE, StateDictReport, adapter_state, apply_adapter_state,
     export_state_dict, load_adapter, load_state_dict, read_safetensors, save_adapter,

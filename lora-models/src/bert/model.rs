@@ -10,8 +10,9 @@
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax, tanh};
+use burn::tensor::activation::{softmax, tanh};
 use lora_core::dropout;
+use lora_core::gelu;
 
 use lora_core::sites::join_path;
 use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, LoraSites, lora_sites};
