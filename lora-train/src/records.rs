@@ -489,9 +489,10 @@ fn table_records(
         )));
     }
     let mut out = Vec::new();
+    let mut lines = LineCounter::default();
     for result in reader.records() {
         let record = result.map_err(|e| csv_error(e, path, bytes))?;
-        let line = record.position().map_or(0, |p| line_at(bytes, p.byte()));
+        let line = record.position().map_or(0, |p| lines.line_at(bytes, p.byte()));
         if record.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
@@ -508,11 +509,32 @@ fn table_records(
 /// is off by one on CRLF files, so count from the bytes, skipping line ends the offset may point
 /// into.
 fn line_at(bytes: &[u8], offset: u64) -> usize {
-    let mut at = (offset as usize).min(bytes.len());
-    while at < bytes.len() && matches!(bytes[at], b'\r' | b'\n') {
-        at += 1;
+    LineCounter::default().line_at(bytes, offset)
+}
+
+/// [`line_at`] for offsets that only grow (records in file order): each call counts only the
+/// bytes since the previous one, so a file's lines cost one pass, not one pass per record.
+#[derive(Default)]
+struct LineCounter {
+    /// Bytes counted so far.
+    at: usize,
+    /// Line breaks in `bytes[..at]`.
+    breaks: usize,
+}
+
+impl LineCounter {
+    fn line_at(&mut self, bytes: &[u8], offset: u64) -> usize {
+        let mut at = (offset as usize).min(bytes.len());
+        while at < bytes.len() && matches!(bytes[at], b'\r' | b'\n') {
+            at += 1;
+        }
+        if at < self.at {
+            *self = Self::default();
+        }
+        self.breaks += bytes[self.at..at].iter().filter(|&&b| b == b'\n').count();
+        self.at = at;
+        1 + self.breaks
     }
-    1 + bytes[..at].iter().filter(|&&b| b == b'\n').count()
 }
 
 fn csv_error(e: csv::Error, path: &Path, bytes: &[u8]) -> TrainError {
