@@ -492,7 +492,9 @@ fn table_records(
     let mut lines = LineCounter::default();
     for result in reader.records() {
         let record = result.map_err(|e| csv_error(e, path, bytes))?;
-        let line = record.position().map_or(0, |p| lines.line_at(bytes, p.byte()));
+        let line = record
+            .position()
+            .map_or(0, |p| lines.line_at(bytes, p.byte()));
         if record.iter().all(|f| f.trim().is_empty()) {
             continue;
         }

@@ -97,7 +97,7 @@ impl Pointwise for GeluErfGrad {
 
 /// `2·√(2/π)`, `0.044715`: GPT-2's `gelu_new` is `x·σ(C·x·(1 + K·x²))`, its tanh form rewritten
 /// with `0.5·(1 + tanh u) = σ(2u)`.
-const TANH_C: f32 = 1.595_769_1;
+const TANH_C: f32 = 1.595_769_2;
 const TANH_K: f32 = 0.044_715;
 
 /// `(σ(v), 1 − σ(v))` with `σ(v) = 1 / (1 + e^(−v))`; `1 − σ` as `e^(−v)·σ`, since `1 − σ`
