@@ -56,19 +56,9 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x * sigmoid(z)
 }
 
-/// Whether `x` lives on flex, where the fused kernels exist (f32 only; other dtypes fall back
-/// inside the kernel).
+/// Whether `x` lives on flex (plain or autodiff), where the fused kernels exist.
 fn is_flex<const D: usize>(x: &Tensor<D>) -> bool {
-    #[cfg(feature = "flex")]
-    {
-        use burn::backend::DispatchDevice;
-        let inner = x.device().inner();
-        if matches!(inner.as_dispatch(), DispatchDevice::Flex(_)) {
-            return true;
-        }
-    }
-    let _ = x;
-    false
+    crate::device::is_flex(&x.device())
 }
 
 fn fused<const D: usize>(x: Tensor<D>, kind: GeluKind) -> Tensor<D> {

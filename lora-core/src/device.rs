@@ -108,15 +108,32 @@ pub fn max_tensor_bytes(device: &Device) -> Option<u64> {
 /// Whether `device` computes on the host CPU (flex, ndarray), as opposed to a GPU through cubecl.
 pub fn is_host(device: &Device) -> bool {
     #[cfg(feature = "wgpu")]
-    {
-        use burn::backend::DispatchDevice;
-        let inner = device.clone().inner();
-        if matches!(inner.as_dispatch(), DispatchDevice::Cube(_)) {
-            return false;
-        }
+    if backend_is(device, |d| {
+        matches!(d, burn::backend::DispatchDevice::Cube(_))
+    }) {
+        return false;
     }
     let _ = device;
     true
+}
+
+/// Whether `device` is flex (plain or autodiff), where lora-core has its own fused CPU kernels
+/// ([`gelu`](crate::gelu), [`gelu_tanh`](crate::gelu_tanh)).
+pub fn is_flex(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    if backend_is(device, |d| {
+        matches!(d, burn::backend::DispatchDevice::Flex(_))
+    }) {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
+/// `test` of the backend device under `device`'s autodiff wrapper, if any.
+#[cfg(any(feature = "flex", feature = "wgpu"))]
+fn backend_is(device: &Device, test: impl Fn(&burn::backend::DispatchDevice) -> bool) -> bool {
+    test(device.clone().inner().as_dispatch())
 }
 
 /// `n` seeds drawn from `device`'s generator, so a run seeded with `Device::seed` stays
