@@ -32,16 +32,23 @@ fn time(device: &Device, reps: usize, mut f: impl FnMut() -> Tensor<2>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// A `[512, 3072]` op: its name, how many such tensors it reads and writes, and the op.
+/// An op on a `[512, 3072]` tensor (unless [`print_rows_at`] says otherwise): its name, how
+/// many such tensors it reads and writes, and the op.
 type Op<'a> = (&'static str, f64, Box<dyn Fn() -> Tensor<2> + 'a>);
 
-/// One table row per op: median milliseconds and the bandwidth its tensors imply.
+/// One table row per op on `[512, 3072]` tensors.
 fn print_rows(device: &Device, ops: Vec<Op>) {
-    let bytes = 512.0 * 3072.0 * 4.0;
+    print_rows_at(device, [512, 3072], ops)
+}
+
+/// One table row per op on tensors of `shape`: median milliseconds and the bandwidth its
+/// tensors imply.
+fn print_rows_at(device: &Device, shape: [usize; 2], ops: Vec<Op>) {
+    let bytes = (shape[0] * shape[1] * 4) as f64;
     for (name, tensors, op) in ops {
         let s = time(device, 20, op);
         println!(
-            "| {name} | [512,3072] | {:.3} | {:.1} GB/s |",
+            "| {name} | {shape:?} | {:.3} | {:.1} GB/s |",
             s * 1e3,
             tensors * bytes / s / 1e9
         );
@@ -122,6 +129,63 @@ fn main() {
     ];
     print_rows(&device, ops);
     gelu_rows(&ad);
+    norm_rows(&ad);
+}
+
+/// Softmax over attention scores and layer norm over activations in training, at the README main
+/// job's shapes (16 × 64 tokens, 12 heads, width 384): burn's ops, which autodiff decomposes,
+/// against lora_core's fused ones. GB/s counts the input, the output, the incoming gradient and
+/// the input's.
+fn norm_rows(ad: &Device) {
+    let train = |x: Tensor<2>, f: Box<dyn Fn(Tensor<2>) -> Tensor<2>>| {
+        let x = x.require_grad();
+        move || {
+            let grads = f(x.clone()).sum().backward();
+            x.grad(&grads).unwrap_or_else(|| x.clone().inner())
+        }
+    };
+    let scores = Tensor::<2>::random([16 * 12 * 64, 64], Distribution::Normal(0.0, 3.0), ad);
+    let ops: Vec<Op> = vec![
+        (
+            "softmax fwd+bwd, burn",
+            4.0,
+            Box::new(train(
+                scores.clone(),
+                Box::new(|x: Tensor<2>| softmax(x, 1)),
+            )),
+        ),
+        (
+            "softmax fwd+bwd, lora_core",
+            4.0,
+            Box::new(train(
+                scores,
+                Box::new(|x: Tensor<2>| lora_core::softmax(x, 1)),
+            )),
+        ),
+    ];
+    print_rows_at(&ad.clone().inner(), [16 * 12 * 64, 64], ops);
+    let x = Tensor::<2>::random([16 * 64, 384], Distribution::Normal(0.0, 3.0), ad);
+    let layer = burn::nn::LayerNormConfig::new(384).init(ad).no_grad();
+    let burns = layer.clone();
+    let ops: Vec<Op> = vec![
+        (
+            "layer norm fwd+bwd, burn (frozen gamma, beta)",
+            4.0,
+            Box::new(train(
+                x.clone(),
+                Box::new(move |x: Tensor<2>| burns.forward(x)),
+            )),
+        ),
+        (
+            "layer norm fwd+bwd, lora_core (frozen gamma, beta)",
+            4.0,
+            Box::new(train(
+                x,
+                Box::new(move |x: Tensor<2>| lora_core::layer_norm(&layer, x)),
+            )),
+        ),
+    ];
+    print_rows_at(&ad.clone().inner(), [16 * 64, 384], ops);
 }
 
 /// GELU forward and backward in training (the gradient of `sum(gelu(x))`): burn's ops against

@@ -416,6 +416,7 @@ fn add_torch(args: &Args, python: &Path, report: &mut Report) {
 }
 
 fn main() -> ExitCode {
+    lora_train::malloc::reuse_freed_memory();
     let args = Args::parse();
     let child = args.child.is_some();
     match run(args) {

@@ -82,10 +82,9 @@ pub(crate) trait FusedGelu: Backend {
 #[cfg(feature = "flex")]
 mod flex {
     use super::{GeluKind, host};
+    use crate::kernel::flex::{contiguous_f32, tensor, values};
+    use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
-    use burn::backend::ops::FloatTensorOps;
-    use burn::backend::{DType, Flex, FloatDType};
-    use burn::tensor::TensorData;
 
     impl super::FusedGelu for Flex {
         fn fused_gelu(x: FlexTensor, kind: GeluKind) -> FlexTensor {
@@ -110,33 +109,11 @@ mod flex {
         let shape = x.layout().shape().clone();
         let x = contiguous_f32(x);
         let grad = grad.map(contiguous_f32);
-        let out = host::map::<K>(values(&x), grad.as_ref().map(values));
-        let out = FlexTensor::from_data(TensorData::new(out, shape));
-        if dtype == DType::F32 {
-            out
-        } else {
-            Flex::float_cast(out, FloatDType::from(dtype))
-        }
-    }
-
-    /// `t` as a contiguous f32 tensor: a copy only when it is strided or of another dtype.
-    fn contiguous_f32(t: FlexTensor) -> FlexTensor {
-        let t = if t.dtype() == DType::F32 {
-            t
-        } else {
-            Flex::float_cast(t, FloatDType::F32)
-        };
-        if t.as_slice::<f32>().is_some() {
-            t
-        } else {
-            t.to_contiguous()
-        }
-    }
-
-    /// The elements of a tensor [`contiguous_f32`] returned.
-    fn values(t: &FlexTensor) -> &[f32] {
-        t.as_slice::<f32>()
-            .expect("contiguous_f32 returns a contiguous f32 tensor")
+        tensor(
+            host::map::<K>(values(&x), grad.as_ref().map(values)),
+            shape,
+            dtype,
+        )
     }
 }
 

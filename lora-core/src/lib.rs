@@ -131,14 +131,17 @@ pub mod embedding;
 pub mod error;
 pub mod hash;
 pub mod io;
+mod kernel;
 pub mod layer;
 mod linalg;
 pub mod linear;
 pub mod model;
+mod norm;
 mod pyregex;
 pub mod report;
 pub mod saved;
 pub mod sites;
+mod softmax;
 pub mod targeting;
 pub mod weight;
 
@@ -166,5 +169,7 @@ pub use model::{
     check_sites_listed, inject_adapter, inject_adapter_with, select_targets, site_paths,
     visit_params,
 };
+pub use norm::layer_norm;
 pub use report::{ModuleParams, ParamReport};
 pub use sites::LoraSites;
+pub use softmax::softmax;

@@ -67,6 +67,7 @@ pub mod dataset;
 pub mod error;
 pub mod interop;
 pub mod loss;
+pub mod malloc;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -662,6 +662,7 @@ fn info(a: InfoArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    lora_train::malloc::reuse_freed_memory();
     let result = match Cli::parse().command {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),

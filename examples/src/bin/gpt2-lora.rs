@@ -719,6 +719,7 @@ fn write_e2e_outputs(
 }
 
 fn main() -> ExitCode {
+    lora_train::malloc::reuse_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train(a),

@@ -4,48 +4,16 @@
 //! burn-flex 0.22.1 computes GELU one element at a time on one thread with a scalar software
 //! `erf`; that was a sixth of the README main job's CPU time (docs/benchmarks.md).
 
+use std::marker::PhantomData;
+
 use rayon::prelude::*;
 
-/// Elements per rayon task: small enough to share a `[16·64, 1536]` activation between two
-/// cores, large enough that scheduling costs nothing next to the arithmetic.
-const CHUNK: usize = 1 << 14;
+use crate::kernel::{CHUNK, Vectorised, exp, flush, vectorised};
 
 /// One element-wise function of `x`.
 pub(crate) trait Pointwise {
     /// The value at `x`.
     fn at(x: f32) -> f32;
-}
-
-/// `exp(x)` to ~2 ulp, vectorisable: `2ⁿ·p(r)` with `r = x − n·ln 2`, `|r| ≤ ln 2 / 2`, and `p` the
-/// degree-7 Taylor polynomial. Inputs are clamped to `[−87, 88]`, where `2ⁿ` is a normal float:
-/// below it the true value is under 2⁻¹²⁵, which every caller here treats as 0.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    // Adding 1.5·2²³ rounds to the nearest integer without a rounding instruction (SSE2 has none).
-    const ROUND: f32 = 12_582_912.0;
-    // ln 2 split so that `n·LN2_HI` is exact for |n| < 2⁹.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    let k = x * std::f32::consts::LOG2_E + ROUND;
-    let n = k - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.0 / 5040.0;
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = p * r + c;
-    }
-    // `k`'s low mantissa bits hold `n` (its exponent is ROUND's), so 2ⁿ is built with integer
-    // ops, which vectorise; a float-to-int `as` saturates and stays scalar.
-    let biased = k.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
-    p * f32::from_bits(biased << 23)
 }
 
 /// `(Φ(x), φ(x))`: the standard normal CDF and density.
@@ -149,56 +117,50 @@ pub(crate) fn map<K: Pointwise>(x: &[f32], g: Option<&[f32]>) -> Vec<f32> {
     match g {
         Some(g) => {
             assert_eq!(g.len(), x.len(), "gradient and input differ in length");
-            chunks
-                .zip(g.par_chunks(CHUNK))
-                .for_each(|((o, x), g)| dispatch::<K>(x, Some(g), o));
+            chunks.zip(g.par_chunks(CHUNK)).for_each(|((out, x), g)| {
+                vectorised(Lanes::<K> {
+                    x,
+                    g: Some(g),
+                    out,
+                    kind: PhantomData,
+                })
+            });
         }
-        None => chunks.for_each(|(o, x)| dispatch::<K>(x, None, o)),
+        None => chunks.for_each(|(out, x)| {
+            vectorised(Lanes::<K> {
+                x,
+                g: None,
+                out,
+                kind: PhantomData,
+            })
+        }),
     }
     out
 }
 
-/// Runs [`lanes`] compiled for the widest vector unit this CPU has.
-fn dispatch<K: Pointwise>(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { lanes_avx512::<K>(x, g, out) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { lanes_avx2::<K>(x, g, out) };
-        }
-    }
-    lanes::<K>(x, g, out)
+/// The element loop over one chunk.
+struct Lanes<'a, K> {
+    x: &'a [f32],
+    g: Option<&'a [f32]>,
+    out: &'a mut [f32],
+    kind: PhantomData<K>,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn lanes_avx512<K: Pointwise>(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-    lanes::<K>(x, g, out)
-}
+impl<K: Pointwise> Vectorised for Lanes<'_, K> {
+    type Output = ();
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn lanes_avx2<K: Pointwise>(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-    lanes::<K>(x, g, out)
-}
-
-/// The element loop; inlined into each target-feature copy above so each is vectorised for it.
-/// Multiplies are never fused into FMAs, so every copy gives the same bits.
-#[inline(always)]
-fn lanes<K: Pointwise>(x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-    match g {
-        Some(g) => {
-            for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-                *o = g * K::at(x);
+    #[inline(always)]
+    fn run(self) {
+        match self.g {
+            Some(g) => {
+                for ((o, &x), &g) in self.out.iter_mut().zip(self.x).zip(g) {
+                    *o = flush(g * K::at(x));
+                }
             }
-        }
-        None => {
-            for (o, &x) in out.iter_mut().zip(x) {
-                *o = K::at(x);
+            None => {
+                for (o, &x) in self.out.iter_mut().zip(self.x) {
+                    *o = flush(K::at(x));
+                }
             }
         }
     }
@@ -230,17 +192,6 @@ mod tests {
                 (o as f64 - r).abs() / r.abs().max(1.0)
             })
             .fold(0.0, f64::max)
-    }
-
-    #[test]
-    fn exp_is_accurate_and_clamped() {
-        for i in -8_700..=8_800 {
-            let x = i as f32 * 1e-2;
-            let rel = ((exp(x) as f64) - (x as f64).exp()).abs() / (x as f64).exp();
-            assert!(rel < 3e-7, "exp({x}): {rel}");
-        }
-        assert_eq!(exp(-1e4), exp(-87.0));
-        assert!(exp(f32::NAN).is_nan());
     }
 
     #[test]
@@ -276,12 +227,21 @@ mod tests {
         let g: Vec<f32> = (0..x.len()).map(|i| (i % 7) as f32 - 3.0).collect();
         let scaled = map::<GeluErfGrad>(&x, Some(&g));
         let mut plain = vec![0.0; x.len()];
-        lanes::<GeluErfGrad>(&x, Some(&g), &mut plain);
+        let baseline = Lanes::<GeluErfGrad> {
+            x: &x,
+            g: Some(&g),
+            out: &mut plain,
+            kind: PhantomData,
+        };
+        baseline.run();
         // The dispatched (AVX-512 / AVX2 where present) and baseline copies give the same bits.
         assert_eq!(scaled, plain);
         for ((s, &x), &g) in scaled.iter().zip(&x).zip(&g) {
-            assert_eq!(*s, g * GeluErfGrad::at(x));
+            assert_eq!(*s, flush(g * GeluErfGrad::at(x)));
         }
+        // Far in the negative tail the true values are 0 to f32: never subnormal.
+        let tail = map::<GeluErf>(&[-13.0, -14.0, -20.0, -1e30], None);
+        assert!(tail.iter().all(|v| *v == 0.0 || v.is_normal()), "{tail:?}");
         assert!(map::<GeluErf>(&[f32::NAN], None)[0].is_nan());
     }
 }

@@ -10,7 +10,7 @@
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Initializer, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{softmax, tanh};
+use burn::tensor::activation::tanh;
 use lora_core::dropout;
 use lora_core::gelu;
 
@@ -117,7 +117,7 @@ impl BertEmbeddings {
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(positions);
-        dropout(&self.dropout, self.layer_norm.forward(x))
+        dropout(&self.dropout, lora_core::layer_norm(&self.layer_norm, x))
     }
 }
 
@@ -155,7 +155,7 @@ impl BertSelfAttention {
             .mul_scalar(1.0 / (dh as f64).sqrt());
         // Only keys are masked; a large finite negative keeps every row finite.
         let scores = scores.mask_fill(mask.expand([b, h, t, t]), -1e9);
-        let probs = dropout(&self.dropout, softmax(scores, 3));
+        let probs = dropout(&self.dropout, lora_core::softmax(scores, 3));
         probs.matmul(v).swap_dims(1, 2).reshape([b, t, d])
     }
 }
@@ -175,8 +175,8 @@ impl BertSelfOutput {
     /// # Shapes
     /// - `hidden`, `input`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
     pub fn forward(&self, hidden: Tensor<3>, input: Tensor<3>) -> Tensor<3> {
-        self.layer_norm
-            .forward(dropout(&self.dropout, self.dense.forward(hidden)) + input)
+        let x = dropout(&self.dropout, self.dense.forward(hidden)) + input;
+        lora_core::layer_norm(&self.layer_norm, x)
     }
 }
 
@@ -232,8 +232,8 @@ impl BertOutput {
     /// - `hidden`: `[batch, seq, intermediate]`, `input`: `[batch, seq, hidden]`
     /// - output: `[batch, seq, hidden]`
     pub fn forward(&self, hidden: Tensor<3>, input: Tensor<3>) -> Tensor<3> {
-        self.layer_norm
-            .forward(dropout(&self.dropout, self.dense.forward(hidden)) + input)
+        let x = dropout(&self.dropout, self.dense.forward(hidden)) + input;
+        lora_core::layer_norm(&self.layer_norm, x)
     }
 }
 
@@ -611,7 +611,7 @@ impl RobertaLMHead {
     /// # Shapes
     /// - `hidden`: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn forward(&self, hidden: Tensor<3>, word_embeddings: &LoraEmbedding) -> Tensor<3> {
-        let x = self.layer_norm.forward(gelu(self.dense.forward(hidden)));
+        let x = lora_core::layer_norm(&self.layer_norm, gelu(self.dense.forward(hidden)));
         // Tied decoder: the stored input table, transposed. As in PEFT 0.21.2, an unmerged LoRA
         // on the word embeddings changes the lookup only; merged, the decoder sees it too.
         word_embeddings.tied_logits(x, Some(self.bias.val()))

@@ -4,10 +4,7 @@
 
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
-use lora_core::dropout;
-
-use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, lora_sites};
+use lora_core::{LoraEmbedding, LoraLayer, LoraLinear, dropout, layer_norm, lora_sites};
 
 use super::config::Gpt2Config;
 use crate::activation::Activation;
@@ -114,7 +111,7 @@ impl Gpt2Attention {
             .mul_scalar(self.score_scale);
         // A large finite negative keeps fully masked rows (left padding) free of NaN.
         let scores = scores.mask_fill(mask, -1e9);
-        let probs = dropout(&self.attn_dropout, softmax(scores, 3));
+        let probs = dropout(&self.attn_dropout, lora_core::softmax(scores, 3));
         let out = probs.matmul(v.clone()).swap_dims(1, 2).reshape([b, t, d]);
         let out = dropout(&self.resid_dropout, self.c_proj.forward(out));
         (out, LayerCache { k, v })
@@ -167,9 +164,11 @@ impl Gpt2Block {
         mask: Tensor<4, Bool>,
         cache: Option<LayerCache>,
     ) -> (Tensor<3>, LayerCache) {
-        let (a, cache) = self.attn.forward(self.ln_1.forward(x.clone()), mask, cache);
+        let (a, cache) = self
+            .attn
+            .forward(layer_norm(&self.ln_1, x.clone()), mask, cache);
         let x = x + a;
-        let x = x.clone() + self.mlp.forward(self.ln_2.forward(x));
+        let x = x.clone() + self.mlp.forward(layer_norm(&self.ln_2, x));
         (x, cache)
     }
 }
@@ -329,7 +328,7 @@ impl Gpt2Model {
             x = y;
             layers.push(c);
         }
-        Ok((self.ln_f.forward(x), KvCache { layers }))
+        Ok((layer_norm(&self.ln_f, x), KvCache { layers }))
     }
 
     /// The tied LM head over the stored `wte` table. As in PEFT 0.21.2, an unmerged LoRA on

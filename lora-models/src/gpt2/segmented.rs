@@ -160,7 +160,7 @@ impl Gpt2LmHeadModel {
         for start in (0..n).step_by(size) {
             let len = size.min(n - start);
             let x = rows.clone().narrow(0, start, len).detach().require_grad();
-            let z = self.transformer.ln_f.forward(x.clone());
+            let z = lora_core::layer_norm(&self.transformer.ln_f, x.clone());
             // The head reads the table per chunk, since a backward consumes the graph of
             // everything it went through.
             let logits = self.transformer.lm_head(z);
