@@ -9,6 +9,12 @@
 /// cores, large enough that scheduling costs nothing next to the arithmetic.
 pub(crate) const CHUNK: usize = 1 << 14;
 
+/// Elements per rayon task for a row kernel: [`CHUNK`] rounded down to whole rows of `row`
+/// elements, at least one row.
+pub(crate) fn row_task_len(row: usize) -> usize {
+    (CHUNK / row.max(1)).max(1) * row
+}
+
 /// Independent accumulators in [`sum_lanes`]: one AVX-512 register of f32.
 const LANES: usize = 16;
 

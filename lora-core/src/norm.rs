@@ -82,12 +82,7 @@ pub(crate) trait FusedLayerNorm: Backend {
 mod host {
     use rayon::prelude::*;
 
-    use crate::kernel::{CHUNK, Vectorised, sum_lanes, vectorised};
-
-    /// Elements per rayon task, in whole rows of `d` elements.
-    fn task_len(d: usize) -> usize {
-        (CHUNK / d).max(1) * d
-    }
+    use crate::kernel::{Vectorised, row_task_len, sum_lanes, vectorised};
 
     /// The mean and `1/√(var + eps)` of one row.
     #[inline(always)]
@@ -106,7 +101,7 @@ mod host {
         assert_eq!(gamma.len(), beta.len(), "gamma and beta differ in length");
         let mut out = vec![0.0; x.len()];
         if !gamma.is_empty() {
-            let n = task_len(gamma.len());
+            let n = row_task_len(gamma.len());
             out.par_chunks_mut(n)
                 .zip(x.par_chunks(n))
                 .for_each(|(out, x)| {
@@ -142,7 +137,7 @@ mod host {
         if d == 0 {
             return (dx, dgamma, dbeta);
         }
-        let n = task_len(d);
+        let n = row_task_len(d);
         let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(n)
             .zip(x.par_chunks(n).zip(g.par_chunks(n)))

@@ -45,18 +45,13 @@ pub(crate) trait FusedSoftmax: Backend {
 mod host {
     use rayon::prelude::*;
 
-    use crate::kernel::{CHUNK, Vectorised, exp, flush, max_lanes, sum_lanes, vectorised};
-
-    /// Elements per rayon task, in whole rows of `row` elements.
-    fn task_len(row: usize) -> usize {
-        (CHUNK / row).max(1) * row
-    }
+    use crate::kernel::{Vectorised, exp, flush, max_lanes, row_task_len, sum_lanes, vectorised};
 
     /// Softmax of each `row`-long run of `x`.
     pub(super) fn forward(x: &[f32], row: usize) -> Vec<f32> {
         let mut out = vec![0.0; x.len()];
         if row > 0 {
-            let n = task_len(row);
+            let n = row_task_len(row);
             out.par_chunks_mut(n)
                 .zip(x.par_chunks(n))
                 .for_each(|(out, x)| vectorised(Forward { x, out, row }));
@@ -72,7 +67,7 @@ mod host {
         assert_eq!(y.len(), g.len(), "gradient and output differ in length");
         let mut out = vec![0.0; y.len()];
         if row > 0 {
-            let n = task_len(row);
+            let n = row_task_len(row);
             out.par_chunks_mut(n)
                 .zip(y.par_chunks(n).zip(g.par_chunks(n)))
                 .for_each(|(out, (y, g))| vectorised(Backward { y, g, out, row }));
